@@ -1,0 +1,75 @@
+"""Autoregressive decoding with a KV cache, as a streaming iterator and as a plain call."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from .model import GPT2, KVCache
+from .sampling import check_settings, filter_logits, sample
+from .tokenizer import EOT_ID, token_bytes
+
+
+@dataclass
+class Step:
+    """One generated token, as the stream yields it."""
+    index: int                  # 0 for the first new token
+    token_id: int
+    token_bytes: bytes
+    prob: float                 # probability the model gave it (softmax of the raw logits)
+    sampled_prob: float         # probability in the filtered distribution it was drawn from
+    alternatives: list[tuple[int, float]] = field(default_factory=list)  # model's top tokens (id, prob)
+    is_eot: bool = False
+
+
+def _as_ids(prompt_ids) -> list[int]:
+    ids = [int(i) for i in (prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
+    if not ids:
+        raise ValueError("the prompt has no tokens: give at least one")
+    return ids
+
+
+def stream(model: GPT2, prompt_ids, max_new_tokens: int = 50, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+           use_cache: bool = True, stop_at_eot: bool = True, n_alternatives: int = 5) -> Iterator[Step]:
+    """Yield each new token as it is made.
+
+    The context is the last ``n_ctx`` tokens. With ``use_cache`` the keys and values of earlier
+    tokens are kept; once the window is full every position shifts, so from then on each step
+    re-runs the cropped window, exactly as decoding without the cache does.
+    """
+    check_settings(temperature, top_k, top_p)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+    ids = _as_ids(prompt_ids)
+    n_ctx = model.config.n_ctx
+    # Per call: the random state belongs to this request alone.
+    generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+    param = next(model.parameters())
+    cache = KVCache(model.config, 1, dtype=param.dtype, device=param.device) if use_cache else None
+    fed = 0  # how many of ids are in the KV cache
+    with torch.no_grad():
+        for step in range(max_new_tokens):
+            if cache is not None and len(ids) <= n_ctx:
+                new = torch.tensor([ids[fed:]], device=param.device)            # (1, T_new)
+                logits = model(new, kv_cache=cache)[0, -1]                        # (V,)
+                fed = len(ids)
+            else:
+                window = torch.tensor([ids[-n_ctx:]], device=param.device)      # (1, T<=n_ctx)
+                logits = model(window)[0, -1]                                     # (V,)
+            logits = logits.float()
+            probs = torch.softmax(logits, -1)
+            token = int(sample(logits, temperature, top_k, top_p, generator=generator))
+            sampled_probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), -1)
+            top = torch.topk(probs, min(n_alternatives, probs.numel()))
+            ids.append(token)
+            yield Step(step, token, token_bytes(token), float(probs[token]), float(sampled_probs[token]),
+                       list(zip(top.indices.tolist(), top.values.tolist())), token == EOT_ID)
+            if stop_at_eot and token == EOT_ID:
+                return
+
+
+def generate(model: GPT2, prompt_ids, max_new_tokens: int = 50, **kwargs) -> list[int]:
+    """The new token ids (not the prompt); see ``stream`` for the options."""
+    return [s.token_id for s in stream(model, prompt_ids, max_new_tokens, n_alternatives=0, **kwargs)]

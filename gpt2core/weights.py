@@ -1,0 +1,201 @@
+"""Loading and saving weights. Safetensors and JSON only: no pickle, so no code from a file runs.
+
+Two formats on disk, both a folder with ``config.json`` and ``model.safetensors``:
+- Hugging Face GPT-2 (``save_pretrained`` and the Hub's ``openai-community/gpt2``): HF config keys,
+  tensor names ``[transformer.]h.{i}.attn.c_attn.weight`` ..., Conv1D weights stored (in, out).
+- our own: ``{"format": "gpt2core", "config": {...}}`` and our parameter names, stored as they are.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import GPT2Config
+from .model import GPT2
+
+OWN_FORMAT = "gpt2core"
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# Conv1D layers in HF GPT-2 keep their weight as (in, out); nn.Linear wants (out, in).
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+HF_TANH_GELUS = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
+
+
+class WeightsError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and what is wrong."""
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise WeightsError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: expected a JSON object")
+    return data
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsError(f"{path}: file not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"{path}: corrupt or not a safetensors file ({e})") from None
+
+
+def hf_config_to_ours(hf: dict, source: str = "config.json") -> GPT2Config:
+    """Map a Hugging Face GPT2Config dict to ours, refusing variants this model doesn't implement."""
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise WeightsError(f"{source}: model_type {hf.get('model_type')!r} is not gpt2")
+    problems = []
+    n_embd = hf.get("n_embd", 768)
+    if hf.get("n_inner") not in (None, 4 * n_embd):
+        problems.append(f"n_inner={hf['n_inner']} (only 4*n_embd)")
+    if hf.get("activation_function", "gelu_new") not in HF_TANH_GELUS:
+        problems.append(f"activation_function={hf['activation_function']!r} (only tanh GELU)")
+    for flag, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                     ("add_cross_attention", False)):
+        if hf.get(flag, ok) != ok:
+            problems.append(f"{flag}={hf[flag]}")
+    if problems:
+        raise WeightsError(f"{source}: unsupported GPT-2 variant: {', '.join(problems)}")
+    dropouts = {hf.get(k, 0.1) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
+    try:
+        return GPT2Config(vocab_size=hf.get("vocab_size", 50257), n_ctx=hf.get("n_positions", 1024),
+                          n_embd=n_embd, n_head=hf.get("n_head", 12), n_layer=hf.get("n_layer", 12),
+                          dropout=float(max(dropouts)), qkv_bias=True,
+                          tie_weights=bool(hf.get("tie_word_embeddings", True)),
+                          layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)))
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{source}: invalid config ({e})") from None
+
+
+def hf_state_dict_to_ours(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename HF GPT-2 tensors to ours and transpose the Conv1D weights."""
+    out = {}
+    for name, t in tensors.items():
+        if name.startswith("transformer."):
+            name = name[len("transformer."):]
+        if name.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # the causal-mask buffer of older checkpoints; we build the mask on the fly
+        if name.startswith("h."):
+            name = "blocks." + name[2:]
+        if name.endswith(CONV1D_SUFFIXES):
+            t = t.t()
+        out[name] = t.contiguous()
+    return out
+
+
+def load_state(model: GPT2, state: dict[str, torch.Tensor], source: str) -> GPT2:
+    """Copy ``state`` into ``model`` after checking names and shapes; errors name ``source``."""
+    expected = dict(model.state_dict())
+    if model.config.tie_weights:
+        expected.pop("lm_head.weight")
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"} if "lm_head.weight" in state \
+            and "wte.weight" in state and torch.equal(state["lm_head.weight"], state["wte.weight"]) else state
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise WeightsError(f"{source}: tensor names do not match the config: "
+                           f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                           f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if state[k].shape != v.shape]
+    if wrong:
+        raise WeightsError(f"{source}: wrong shapes for the config: {'; '.join(wrong[:5])}")
+    bad = [k for k, t in state.items() if not t.is_floating_point() or not torch.isfinite(t).all()]
+    if bad:
+        raise WeightsError(f"{source}: non-finite or non-float values in {bad[:5]}")
+    with torch.no_grad():
+        for k, v in expected.items():
+            v.copy_(state[k].to(v.dtype))
+    return model
+
+
+def load_hf(folder) -> GPT2:
+    """Load a Hugging Face GPT-2 folder (config.json + model.safetensors)."""
+    folder = Path(folder)
+    _refuse_pickle(folder)
+    cfg = hf_config_to_ours(_read_json(folder / CONFIG_FILE), str(folder / CONFIG_FILE))
+    state = hf_state_dict_to_ours(_read_tensors(folder / WEIGHTS_FILE))
+    return load_state(GPT2(cfg), state, str(folder / WEIGHTS_FILE)).eval()
+
+
+def save(model: GPT2, folder, dtype: torch.dtype | None = None, metadata: dict | None = None) -> Path:
+    """Write our own format. ``dtype=torch.float16`` halves the file; loading casts back to fp32."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_weights:
+        state.pop("lm_head.weight")  # the same tensor as wte.weight
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": OWN_FORMAT})
+    doc = {"format": OWN_FORMAT, "config": model.config.to_dict(), **(metadata or {})}
+    (folder / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def _refuse_pickle(path: Path) -> None:
+    if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+        raise WeightsError(f"{path}: pickle checkpoints are refused (they can run code); "
+                           f"use a folder with {CONFIG_FILE} and {WEIGHTS_FILE}")
+
+
+def load(path) -> GPT2:
+    """Load a checkpoint folder of either format (or its config.json / model.safetensors)."""
+    path = Path(path)
+    _refuse_pickle(path)
+    folder = path.parent if path.is_file() else path
+    if not folder.is_dir():
+        raise WeightsError(f"{path}: no such checkpoint folder")
+    doc = _read_json(folder / CONFIG_FILE)
+    if doc.get("format") != OWN_FORMAT:
+        return load_hf(folder)
+    try:
+        cfg = GPT2Config.from_dict(doc["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{folder / CONFIG_FILE}: invalid config ({e})") from None
+    state = {k: v.float() for k, v in _read_tensors(folder / WEIGHTS_FILE).items()}
+    return load_state(GPT2(cfg), state, str(folder / WEIGHTS_FILE)).eval()
+
+
+def read_metadata(folder) -> dict:
+    """config.json of our format, without loading tensors (for the model card and the UI)."""
+    return _read_json(Path(folder) / CONFIG_FILE)
+
+
+def download_hf(repo_id: str = "openai-community/gpt2", progress=None) -> Path:
+    """Fetch config.json and model.safetensors from the Hub; only ever called on request.
+
+    ``progress(fraction, message)`` is called before and after each file. Raises WeightsError
+    with a plain message when the Hub can't be reached.
+    """
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise WeightsError("huggingface_hub is not installed: pip install huggingface_hub") from None
+    paths = []
+    for i, name in enumerate((CONFIG_FILE, WEIGHTS_FILE)):
+        if progress:
+            progress(i / 2, f"downloading {repo_id}/{name}")
+        try:
+            paths.append(Path(hf_hub_download(repo_id, name)))
+        except Exception as e:  # network, auth, missing repo: all mean "can't get it from here"
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            raise WeightsError(f"could not download {repo_id}/{name} from the Hugging Face Hub"
+                               f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ''}: {type(e).__name__}: {e}"
+                               ) from None
+    if progress:
+        progress(1.0, f"downloaded {repo_id}")
+    return paths[0].parent
+
+
+def load_from_hub(repo_id: str = "openai-community/gpt2", progress=None) -> GPT2:
+    return load_hf(download_hf(repo_id, progress))
