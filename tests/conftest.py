@@ -28,3 +28,53 @@ def hf_tiny_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hf_tiny")
     hf.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def registry():
+    """The app's models: the bundled checkpoint when present, else the random tiny model."""
+    from explorer.session import build_registry
+    return build_registry()
+
+
+@pytest.fixture(scope="session")
+def app_url(registry):
+    """The whole app served on a free loopback port for the test session."""
+    from explorer.app import CSS, build_app
+    demo = build_app(registry)
+    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, css=CSS, quiet=True)
+    yield demo.local_url
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def client(app_url):
+    from gradio_client import Client
+    return Client(app_url, verbose=False)
+
+
+def plot_json(value) -> dict:
+    """A gradio_client Plot result as a plotly figure dict, with {dtype, bdata, shape} arrays unpacked."""
+    import base64
+    import json
+
+    import numpy as np
+
+    if isinstance(value, dict) and "plot" in value:
+        value = value["plot"]
+    fig = json.loads(value) if isinstance(value, str) else value
+
+    def unpack(obj):
+        if isinstance(obj, dict):
+            if "bdata" in obj and "dtype" in obj:
+                arr = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=np.dtype(obj["dtype"]))
+                if "shape" in obj:
+                    shape = obj["shape"]
+                    arr = arr.reshape([int(s) for s in shape.split(",")] if isinstance(shape, str) else shape)
+                return arr.tolist()
+            return {k: unpack(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [unpack(v) for v in obj]
+        return obj
+
+    return unpack(fig)

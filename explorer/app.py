@@ -1,0 +1,61 @@
+"""Builds the Gradio app: header (prompt, model choice, banner) and one tab per module."""
+from __future__ import annotations
+
+import gradio as gr
+
+from .context import AppContext
+from .errors import handle
+from .session import ModelRegistry
+from .tabs import load_tabs
+
+DEFAULT_PROMPT = "To be, or not to be, that is the question:"
+MAX_QUEUE = 64                # waiting events beyond this are refused with "queue full"
+REQUEST_TIME_LIMIT = 60       # seconds; streaming generation and training stop at their own limits
+CSS = """
+#untrained-banner { background: #fff3cd; border: 1px solid #e0b000; border-radius: 6px; padding: 4px 12px; }
+.notice { color: #8a5a00; }
+"""
+HEADER = """
+# GPT-2 Explorer
+Type a prompt, then open a tab to watch GPT-2 work on it: how the tokenizer splits the text, where
+each attention head looks, how LayerNorm and GELU reshape the numbers, and how the sampler picks the
+next token. Press **Enter** in the prompt box to refresh the views.
+"""
+
+
+def model_status(entry) -> tuple[str, dict]:
+    text = f"**Model:** {entry.name} · {entry.model.num_params():,} parameters · weights: {entry.source}"
+    banner = gr.update(visible=not entry.trained,
+                       value="⚠️ **Untrained model:** these weights are random, so its predictions are "
+                             "noise. The mechanics (tokens, attention, LayerNorm, GELU) are still real.")
+    return text, banner
+
+
+def build_app(registry: ModelRegistry) -> gr.Blocks:
+    default = registry.get(registry.default)
+    with gr.Blocks(title="GPT-2 Explorer") as demo:
+        gr.Markdown(HEADER)
+        if registry.startup_notice:
+            gr.Markdown(f"ⓘ {registry.startup_notice}", elem_id="startup-notice", elem_classes="notice")
+        status_text, banner_update = model_status(default)
+        banner = gr.Markdown(banner_update["value"], visible=banner_update["visible"], elem_id="untrained-banner")
+        with gr.Row():
+            prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=2, scale=4, elem_id="prompt")
+            model_choice = gr.Dropdown(registry.names(), value=registry.default, label="Model", scale=1,
+                                       allow_custom_value=True, elem_id="model-choice")
+        status = gr.Markdown(status_text, elem_id="model-status")
+        user_models = gr.State({})
+        ctx = AppContext(registry, prompt, model_choice, user_models)
+
+        @handle
+        def select_model(name, user_models, progress=gr.Progress()):
+            entry = ctx.model(name, user_models, progress=lambda f, msg: progress(f, desc=msg))
+            return model_status(entry)
+
+        model_choice.change(select_model, ctx.model_inputs, [status, banner], api_name="select_model")
+        with gr.Tabs(elem_id="tabs"):
+            for tab in load_tabs():
+                with gr.Tab(tab.TITLE, elem_id=f"tab-{tab.__name__.rsplit('.', 1)[-1].removesuffix('_tab')}"):
+                    tab.build(ctx)
+    demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=4)
+    return demo

@@ -1,0 +1,24 @@
+"""What every tab's build() gets: the shared header components and the model registry."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from .session import ModelEntry, ModelRegistry
+
+
+@dataclass
+class AppContext:
+    registry: ModelRegistry
+    prompt: gr.Textbox          # the shared prompt (elem_id "prompt")
+    model_choice: gr.Dropdown   # this user's model (elem_id "model-choice"); also an API argument
+    user_models: gr.State       # {name: ModelEntry} trained in this session (Train tab)
+
+    @property
+    def model_inputs(self) -> list:
+        """Put these last in a handler's inputs; the handler calls ctx.model(name, user_models)."""
+        return [self.model_choice, self.user_models]
+
+    def model(self, name: str | None, user_models: dict | None = None, progress=None) -> ModelEntry:
+        return self.registry.get(name, user_models, progress)

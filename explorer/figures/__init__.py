@@ -1,0 +1,1 @@
+"""Pure figure functions: arrays in, plotly go.Figure out. No gradio import in this package."""

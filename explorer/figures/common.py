@@ -1,0 +1,21 @@
+"""Shared look of every figure."""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+DIVERGING = "RdBu_r"      # signed values, centred on 0
+SEQUENTIAL = "Viridis"    # probabilities and other non-negative values
+FONT = dict(family="Inter, system-ui, sans-serif", size=12)
+
+
+def style(fig: go.Figure, title: str | None = None, height: int | None = None) -> go.Figure:
+    fig.update_layout(template="plotly_white", font=FONT, margin=dict(l=60, r=20, t=50 if title else 20, b=50),
+                      title=dict(text=title, x=0.01, xanchor="left") if title else None)
+    if height:
+        fig.update_layout(height=height)
+    return fig
+
+
+def unique_labels(tokens: list[str]) -> list[str]:
+    """Plotly merges equal category labels on an axis; number them so each token keeps its row."""
+    return [f"{i}:{t}" for i, t in enumerate(tokens)]

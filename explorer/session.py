@@ -1,0 +1,122 @@
+"""Which model a request uses.
+
+Shared models (bundled checkpoint, ``--weights``, Hub downloads) are loaded once into the
+ModelRegistry and only ever read. A user's own model (from the Train tab) lives in that user's
+gr.State, so it is theirs alone. Every handler gets the model name from the request (the header
+dropdown, or an API argument), never from module state, so one user's choice never moves another's.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gpt2core import GPT2, WeightsError, get_config, load, weights
+
+from .inputs import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_DIR = ROOT / "checkpoints" / "shakespeare"
+HUB_REPO = "openai-community/gpt2"
+HUB_NAME = "gpt2 (OpenAI, from the Hub)"
+RANDOM_NAME = "untrained (random tiny GPT-2)"
+USER_PREFIX = "my trained model"
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    model: GPT2
+    source: str                # where the weights came from, in words
+    trained: bool = True       # False: random weights, show the banner
+    card: dict = field(default_factory=dict)
+
+
+class ModelRegistry:
+    """Shared, read-only models by name. Thread-safe; Hub models load on first request."""
+
+    def __init__(self):
+        self._entries: dict[str, ModelEntry] = {}
+        self._lock = threading.Lock()
+        self.default: str | None = None
+        self.hub_enabled = True
+        self.startup_notice = ""
+
+    def add(self, entry: ModelEntry, default: bool = False) -> ModelEntry:
+        entry.model.eval()
+        for p in entry.model.parameters():
+            p.requires_grad_(False)
+        with self._lock:
+            self._entries[entry.name] = entry
+            if default or self.default is None:
+                self.default = entry.name
+        return entry
+
+    def names(self) -> list[str]:
+        names = list(self._entries)
+        if self.hub_enabled and HUB_NAME not in names:
+            names.append(HUB_NAME)
+        return names
+
+    def get(self, name: str | None, user_models: dict | None = None, progress=None) -> ModelEntry:
+        name = name or self.default
+        if user_models and name in user_models:
+            return user_models[name]
+        if name in self._entries:
+            return self._entries[name]
+        if name == HUB_NAME and self.hub_enabled:
+            return self.load_hub(progress)
+        raise InputError(f"Unknown model {name!r}. Choose one of: {', '.join(self.names())}.")
+
+    def load_hub(self, progress=None) -> ModelEntry:
+        """Download OpenAI's GPT-2 (124M) on request; a plain InputError when it can't."""
+        with self._lock:
+            if HUB_NAME in self._entries:
+                return self._entries[HUB_NAME]
+        try:
+            model = weights.load_from_hub(HUB_REPO, progress=progress)
+        except WeightsError as e:
+            raise InputError(f"Could not load GPT-2 from the Hugging Face Hub: {e}. "
+                             f"This machine may be offline; the other models still work.") from None
+        return self.add(ModelEntry(HUB_NAME, model, f"Hugging Face Hub: {HUB_REPO} (OpenAI's GPT-2 124M)"))
+
+
+def random_model(seed: int = 0) -> GPT2:
+    torch.manual_seed(seed)
+    return GPT2(get_config("tiny", n_layer=4, n_embd=128, n_ctx=256))
+
+
+def describe_source(path: Path) -> str:
+    doc = weights.read_metadata(path)
+    if doc.get("format") == weights.OWN_FORMAT:
+        steps = doc.get("step")
+        return f"{path} (gpt2core checkpoint{f', {steps} training steps' if steps else ''})"
+    return f"{path} (Hugging Face GPT-2 checkpoint)"
+
+
+def build_registry(weights_arg: str | None = None, progress=None) -> ModelRegistry:
+    """The models this process serves: bundled (or random), plus ``--weights``; Hub on a Space."""
+    registry = ModelRegistry()
+    if (BUNDLED_DIR / weights.WEIGHTS_FILE).is_file():
+        doc = weights.read_metadata(BUNDLED_DIR)
+        registry.add(ModelEntry(doc.get("display_name", "shakespeare (bundled)"), load(BUNDLED_DIR),
+                                describe_source(BUNDLED_DIR), card=doc))
+    else:
+        registry.add(ModelEntry(RANDOM_NAME, random_model(), "random initialisation (seed 0), untrained",
+                                trained=False))
+    if weights_arg in ("gpt2", HUB_REPO) or (weights_arg is None and os.environ.get("SPACE_ID")):
+        try:
+            registry.default = registry.load_hub(progress).name
+        except InputError as e:
+            registry.startup_notice = str(e)
+    elif weights_arg:
+        path = Path(weights_arg)
+        try:
+            entry = ModelEntry(path.name or str(path), load(path), describe_source(path))
+            registry.add(entry, default=True)
+        except WeightsError as e:
+            registry.startup_notice = f"Could not load --weights {weights_arg}: {e}"
+    return registry
