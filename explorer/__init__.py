@@ -1,5 +1,11 @@
 """The GPT-2 Explorer web app (Gradio). Reads gpt2core; gpt2core never reads this package."""
-from .app import build_app
-from .session import build_registry
+import os
+
+# Offline by design: no usage analytics or version checks from gradio, no Hub calls unless asked.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from .app import build_app  # noqa: E402
+from .session import build_registry  # noqa: E402
 
 __all__ = ["build_app", "build_registry"]

@@ -41,6 +41,7 @@ class ModelRegistry:
     def __init__(self):
         self._entries: dict[str, ModelEntry] = {}
         self._lock = threading.Lock()
+        self._download_lock = threading.Lock()
         self.default: str | None = None
         self.hub_enabled = True
         self.startup_notice = ""
@@ -73,15 +74,17 @@ class ModelRegistry:
 
     def load_hub(self, progress=None) -> ModelEntry:
         """Download OpenAI's GPT-2 (124M) on request; a plain InputError when it can't."""
-        with self._lock:
-            if HUB_NAME in self._entries:
-                return self._entries[HUB_NAME]
-        try:
-            model = weights.load_from_hub(HUB_REPO, progress=progress)
-        except WeightsError as e:
-            raise InputError(f"Could not load GPT-2 from the Hugging Face Hub: {e}. "
-                             f"This machine may be offline; the other models still work.") from None
-        return self.add(ModelEntry(HUB_NAME, model, f"Hugging Face Hub: {HUB_REPO} (OpenAI's GPT-2 124M)"))
+        # One download at a time: a second request waits for the first instead of fetching again.
+        with self._download_lock:
+            with self._lock:
+                if HUB_NAME in self._entries:
+                    return self._entries[HUB_NAME]
+            try:
+                model = weights.load_from_hub(HUB_REPO, progress=progress)
+            except WeightsError as e:
+                raise InputError(f"Could not load GPT-2 from the Hugging Face Hub: {e}. "
+                                 f"This machine may be offline; the other models still work.") from None
+            return self.add(ModelEntry(HUB_NAME, model, f"Hugging Face Hub: {HUB_REPO} (OpenAI's GPT-2 124M)"))
 
 
 def random_model(seed: int = 0) -> GPT2:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -181,6 +182,7 @@ def download_hf(repo_id: str = "openai-community/gpt2", progress=None) -> Path:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise WeightsError("huggingface_hub is not installed: pip install huggingface_hub") from None
+    _check_hub_reachable()
     paths = []
     for i, name in enumerate((CONFIG_FILE, WEIGHTS_FILE)):
         if progress:
@@ -195,6 +197,22 @@ def download_hf(repo_id: str = "openai-community/gpt2", progress=None) -> Path:
     if progress:
         progress(1.0, f"downloaded {repo_id}")
     return paths[0].parent
+
+
+def _check_hub_reachable(timeout: float = 3.0) -> None:
+    """Fail in seconds, not after the Hub client's long retries, when the Hub can't be reached."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return  # the client itself answers from its cache or fails at once
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except OSError as e:
+        raise WeightsError(f"the Hugging Face Hub ({url.hostname}) can't be reached from this machine: {e}") from None
 
 
 def load_from_hub(repo_id: str = "openai-community/gpt2", progress=None) -> GPT2:
