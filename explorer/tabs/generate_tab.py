@@ -1,0 +1,98 @@
+"""Generate tab: stream new tokens one at a time, each coloured by the probability it had."""
+from __future__ import annotations
+
+import re
+import time
+
+import gradio as gr
+
+from ..compute.generation import generate_tokens, summary
+from ..context import AppContext
+from ..errors import handle
+from ..figures.generation import percent, probability_line, tokens_html
+from ..inputs import MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, check_number, prepare_prompt
+
+TITLE = "Generate"
+EXPLANATION = """
+GPT-2 writes one token at a time: it predicts a distribution for the next token, the sampler picks
+one (with the temperature, top-k and top-p from the Sampling tab), the token is added to the text,
+and the model runs again. Each new token below is coloured by the probability the model gave it:
+**bright** tokens were expected, **dark** ones were surprising picks. Hover a token to see what else
+the model considered. The same seed and settings always give the same text.
+"""
+EXAMPLES = [
+    "Once upon a time",
+    "ROMEO:",
+    "The meaning of life is",
+    "In a shocking finding, scientists discovered",
+]
+MAX_SEED = 2**31 - 1
+TIME_LIMIT = 60          # seconds; a generation stops here even if it has not reached its length
+PLOT_EVERY = 10          # redraw the probability line every this many tokens while streaming
+
+
+def md_text(text: str) -> str:
+    """Token text inside markdown: backslash-escape the characters markdown or HTML would act on."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~&$])", r"\\\1", text)
+
+
+def build(ctx: AppContext) -> None:
+    gr.Markdown(EXPLANATION)
+    notice = gr.Markdown(elem_id="generate-notice", elem_classes="notice")
+    with gr.Row():
+        temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature (0 = greedy)",
+                                elem_id="generate-temperature")
+        top_k = gr.Slider(0, 200, value=40, step=1, label="Top-k (0 = off)", elem_id="generate-top-k")
+        top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="Top-p (1 = off)", elem_id="generate-top-p")
+    with gr.Row():
+        max_new = gr.Slider(1, MAX_NEW_TOKENS, value=50, step=1, label="New tokens",
+                            elem_id="generate-max-new-tokens")
+        seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="generate-seed")
+    with gr.Row():
+        run = gr.Button("Generate", variant="primary", elem_id="generate-run")
+        stop = gr.Button("Stop", variant="stop", elem_id="generate-stop")
+    output = gr.HTML(elem_id="generate-text", label="Generated text")
+    probs_plot = gr.Plot(label="Probability per token", elem_id="generate-probs")
+    info = gr.Markdown(elem_id="generate-summary")
+    gr.Examples(EXAMPLES, inputs=[ctx.prompt], label="Example prompts", elem_id="generate-examples")
+
+    @handle
+    def generate(text, temp, k, p, n_new, seed_value, model_name, user_models):
+        entry = ctx.model(model_name, user_models)
+        temp = check_number(temp, "temperature", 0, 2)
+        k = check_number(k, "top-k", 0, 200, integer=True)
+        p = check_number(p, "top-p", 0.05, 1)
+        n_new = check_number(n_new, "new tokens", 1, MAX_NEW_TOKENS, integer=True)
+        seed_value = check_number(seed_value, "seed", 0, MAX_SEED, integer=True)
+        n_ctx = entry.model.config.n_ctx
+        prompt = prepare_prompt(text, max_tokens=min(MAX_PROMPT_TOKENS, n_ctx))
+        notices = prompt.notice_markdown()
+        if len(prompt.ids) + n_new > n_ctx:
+            notices = (f"{notices}\n\nⓘ This model sees at most {n_ctx} tokens: once the text is longer, "
+                       f"each new token is predicted from the last {n_ctx} only.").strip()
+        tokens = []
+        yield notices, tokens_html(prompt.text, tokens, "generating…"), None, ""
+        start, reason = time.monotonic(), f"reached {n_new} new tokens"
+        for tok in generate_tokens(entry.model, prompt.ids, n_new, temp, k, p, seed_value):
+            tokens.append(tok)
+            if tok.is_eot:
+                reason = "the model chose the end-of-text token"
+            elif time.monotonic() - start > TIME_LIMIT and len(tokens) < n_new:
+                reason = f"time limit of {TIME_LIMIT} s"
+                break
+            plot = plot_of(tokens) if len(tokens) % PLOT_EVERY == 0 else gr.skip()
+            yield notices, tokens_html(prompt.text, tokens, f"generating… {len(tokens)}/{n_new}"), plot, ""
+        s = summary(tokens)
+        info_md = (f"**{s['n']}** new tokens (stopped: {reason}). "
+                   f"Average probability **{percent(s['mean_prob'])}**; perplexity **{s['perplexity']:.1f}** "
+                   f"(as unsure as a fair pick among that many tokens); least likely pick: "
+                   f"“{md_text(s['least_label'])}” (#{s['least_index'] + 1}, {percent(s['least_prob'])}).")
+        yield notices, tokens_html(prompt.text, tokens), plot_of(tokens), info_md
+
+    def plot_of(tokens):
+        return probability_line([t.label for t in tokens], [t.prob for t in tokens],
+                                [t.sampled_prob for t in tokens])
+
+    event = run.click(generate, [ctx.prompt, temperature, top_k, top_p, max_new, seed, *ctx.model_inputs],
+                      [notice, output, probs_plot, info], api_name="generate")
+    stop.click(None, None, None, cancels=[event])
