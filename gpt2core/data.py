@@ -48,8 +48,8 @@ def make_loaders(ids, context_length: int, stride: int, batch_size: int, val_fra
 def random_batch(ids: torch.Tensor, context_length: int, batch_size: int,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows at random offsets (stride 1): the batch a training step draws. (B, n), (B, n)."""
-    high = len(ids) - context_length - 1
-    if high < 1:
+    high = len(ids) - context_length - 1   # the last start that still has a target for every input
+    if high < 0:
         raise ValueError(f"the text has {len(ids)} tokens; it needs more than {context_length + 1}")
     starts = torch.randint(0, high + 1, (batch_size,), generator=generator)
     x = torch.stack([ids[s:s + context_length] for s in starts.tolist()])

@@ -1,6 +1,7 @@
 """Autoregressive decoding with a KV cache, as a streaming iterator and as a plain call."""
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -44,8 +45,8 @@ def stream(model: GPT2, prompt_ids, max_new_tokens: int = 50, temperature: float
         raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
     ids = _as_ids(prompt_ids)
     n_ctx = model.config.n_ctx
-    # Per call: the random state belongs to this request alone.
-    generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+    # Per call: the random state belongs to this request alone (never the process-wide generator).
+    generator = torch.Generator().manual_seed(int(seed) if seed is not None else secrets.randbits(63))
     param = next(model.parameters())
     cache = KVCache(model.config, 1, dtype=param.dtype, device=param.device) if use_cache else None
     fed = 0  # how many of ids are in the KV cache

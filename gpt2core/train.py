@@ -129,14 +129,17 @@ class Trainer:
         model.train()
         g = torch.Generator().manual_seed(s.seed * 1_000_003 + self.step)
         x, y = random_batch(self.train_ids, model.config.n_ctx, s.batch_size, g)   # (B, n), (B, n)
-        torch.manual_seed(s.seed * 7_919 + self.step)   # dropout masks depend on the step alone
         lr = lr_at(self.step, s)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
-            loss = model.loss(x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # Dropout masks depend on the step alone; fork_rng puts the global generator back after,
+        # so training in the app does not reset the random state other requests see.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s.seed * 7_919 + self.step)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
+                loss = model.loss(x, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
         self.optimizer.step()
         self.step += 1
