@@ -189,7 +189,7 @@ class GPT2(nn.Module):
         if past + T > self.config.n_ctx:
             raise ValueError(f"sequence of {past + T} tokens exceeds the context of {self.config.n_ctx}")
         pos = torch.arange(past, past + T, device=idx.device)                  # (T,)
-        x = self.hook_embed(self.wte(idx)) + self.hook_pos_embed(self.wpe(pos)[None])  # (B, T, d)
+        x = self.hook_embed(self.wte(idx)) + self.hook_pos_embed(self.wpe(pos).expand(B, T, -1))  # (B, T, d)
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, kv_cache)                                             # (B, T, d)

@@ -38,6 +38,7 @@ def check_settings(temperature, top_k, top_p) -> None:
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """logits / T. At T below GREEDY_TEMPERATURE only the argmax survives (one-hot in the softmax)."""
+    check_settings(temperature, None, None)
     if temperature < GREEDY_TEMPERATURE:
         keep = logits == logits.max(dim=-1, keepdim=True).values
         return logits.masked_fill(~keep, float("-inf"))
@@ -48,7 +49,7 @@ def top_k_mask(logits: torch.Tensor, k: int | None) -> torch.Tensor:
     """Boolean mask of the tokens kept by top-k: exactly k (ties broken by index)."""
     if not k or k >= logits.size(-1):
         return torch.ones_like(logits, dtype=torch.bool)
-    idx = torch.topk(logits, k, dim=-1).indices
+    idx = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., :k]
     return torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, idx, True)
 
 
@@ -81,8 +82,8 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw one token id per row of logits (..., V) -> (...)."""
+    check_settings(temperature, top_k, top_p)
     if temperature < GREEDY_TEMPERATURE:
-        check_settings(temperature, top_k, top_p)
         return logits.argmax(-1)
     probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
     flat = probs.reshape(-1, probs.size(-1))

@@ -128,12 +128,12 @@ def test_generate_greedy_ignores_the_seed(client, registry):
 
 @pytest.mark.parametrize("args, message", [
     (("", 1.0, 0, 1.0, 5, 0), "prompt is empty"),
-    ((PROMPT, 2.5, 0, 1.0, 5, 0), r"maximum value 2\b|temperature must be between"),
-    ((PROMPT, 1.0, 0, 0.0, 5, 0), r"minimum value 0.05|top-p must be between"),
-    ((PROMPT, 1.0, 0, 1.5, 5, 0), r"maximum value 1\b|top-p must be between"),
-    ((PROMPT, 1.0, 0, 1.0, 0, 0), r"minimum value 1\b|new tokens must be between"),
-    ((PROMPT, 1.0, 0, 1.0, MAX_NEW_TOKENS + 1, 0), rf"maximum value {MAX_NEW_TOKENS}|new tokens must be between"),
-    ((PROMPT, 1.0, 0, 1.0, 5, -1), r"minimum value 0\b|seed must be between"),
+    ((PROMPT, 2.5, 0, 1.0, 5, 0), r"Temperature \(0 = greedy\) must be between 0 and 2, got 2.5"),
+    ((PROMPT, 1.0, 0, 0.0, 5, 0), r"Top-p \(1 = off\) must be between 0.05 and 1, got 0"),
+    ((PROMPT, 1.0, 0, 1.5, 5, 0), r"Top-p \(1 = off\) must be between 0.05 and 1, got 1.5"),
+    ((PROMPT, 1.0, 0, 1.0, 0, 0), r"New tokens must be between 1 and"),
+    ((PROMPT, 1.0, 0, 1.0, MAX_NEW_TOKENS + 1, 0), rf"New tokens must be between 1 and {MAX_NEW_TOKENS}, got {MAX_NEW_TOKENS + 1}"),
+    ((PROMPT, 1.0, 0, 1.0, 5, -1), r"Seed must be between 0 and"),
 ])
 def test_generate_bad_input(client, registry, args, message):
     with pytest.raises(Exception, match=message):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..components import Slider
 from ..compute.attention import attention_run, head_average, pool_patterns, query_row
 from ..context import AppContext
 from ..errors import handle
@@ -79,9 +80,9 @@ def build(ctx: AppContext) -> None:
     gr.Markdown(EXPLANATION, elem_id="attention-explanation")
     gr.Examples(EXAMPLES, inputs=[ctx.prompt], label="Example prompts")
     with gr.Row():
-        layer = gr.Slider(0, max(cfg.n_layer - 1, 1), value=0, step=1, label="Layer", elem_id="attention-layer")
-        head = gr.Slider(0, max(cfg.n_head - 1, 1), value=0, step=1, label="Head", elem_id="attention-head")
-        query = gr.Slider(0, max(n0 - 1, 1), value=n0 - 1, step=1, label="Query token (position)",
+        layer = Slider(0, max(cfg.n_layer - 1, 1), value=0, step=1, label="Layer", elem_id="attention-layer")
+        head = Slider(0, max(cfg.n_head - 1, 1), value=0, step=1, label="Head", elem_id="attention-head")
+        query = Slider(0, max(n0 - 1, 1), value=n0 - 1, step=1, label="Query token (position)",
                           info="the token whose view you follow; starts at the last one",
                           elem_id="attention-query")
     with gr.Row():

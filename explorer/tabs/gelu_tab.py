@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..components import Number
 from ..compute.gelu import NEAR_ZERO, curves_summary, gelu_curves, gelu_stats, layer_summary
 from ..context import AppContext
 from ..errors import handle
@@ -59,7 +60,7 @@ def build(ctx: AppContext) -> None:
     n_layer0 = ctx.registry.get(ctx.registry.default).model.config.n_layer
     with gr.Row():
         # A number box, not a slider: gradio checks a slider's fixed maximum, but models differ in depth.
-        layer = gr.Number(0, precision=0, minimum=0, label=f"Layer (0 = first; {n_layer0 - 1} is the last "
+        layer = Number(0, precision=0, minimum=0, label=f"Layer (0 = first; {n_layer0 - 1} is the last "
                           f"in {ctx.registry.default})", elem_id="gelu-layer", scale=3)
         log_y = gr.Checkbox(False, label="Log-scale counts", elem_id="gelu-log", scale=1)
         btn = gr.Button("Show GELU activations", elem_id="gelu-run", variant="primary", scale=1)

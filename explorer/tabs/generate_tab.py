@@ -6,6 +6,7 @@ import time
 
 import gradio as gr
 
+from ..components import Number, Slider
 from ..compute.generation import generate_tokens, summary
 from ..context import AppContext
 from ..errors import handle
@@ -40,14 +41,14 @@ def build(ctx: AppContext) -> None:
     gr.Markdown(EXPLANATION)
     notice = gr.Markdown(elem_id="generate-notice", elem_classes="notice")
     with gr.Row():
-        temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature (0 = greedy)",
+        temperature = Slider(0, 2, value=0.8, step=0.05, label="Temperature (0 = greedy)",
                                 elem_id="generate-temperature")
-        top_k = gr.Slider(0, 200, value=40, step=1, label="Top-k (0 = off)", elem_id="generate-top-k")
-        top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="Top-p (1 = off)", elem_id="generate-top-p")
+        top_k = Slider(0, 200, value=40, step=1, label="Top-k (0 = off)", elem_id="generate-top-k")
+        top_p = Slider(0.05, 1, value=1.0, step=0.05, label="Top-p (1 = off)", elem_id="generate-top-p")
     with gr.Row():
-        max_new = gr.Slider(1, MAX_NEW_TOKENS, value=50, step=1, label="New tokens",
+        max_new = Slider(1, MAX_NEW_TOKENS, value=50, step=1, label="New tokens",
                             elem_id="generate-max-new-tokens")
-        seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="generate-seed")
+        seed = Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="generate-seed")
     with gr.Row():
         run = gr.Button("Generate", variant="primary", elem_id="generate-run")
         stop = gr.Button("Stop", variant="stop", elem_id="generate-stop")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..components import Slider
 from ..compute.layernorm import layernorm_stats, residual_summary, scale_shift_summary, token_summary
 from ..context import AppContext
 from ..errors import handle
@@ -43,7 +44,7 @@ def build(ctx: AppContext) -> None:
     with gr.Row():
         # The maximum stays fixed: gradio checks API values against it, per session, so moving it
         # with the prompt would make the accepted range depend on earlier calls. Past the end = last token.
-        token = gr.Slider(0, MAX_VIEW_TOKENS - 1, value=_initial_tokens(ctx) - 1, step=1,
+        token = Slider(0, MAX_VIEW_TOKENS - 1, value=_initial_tokens(ctx) - 1, step=1,
                           label="Token to look at (position; past the end = the last token)",
                           elem_id="layernorm-token", scale=3)
         btn = gr.Button("Show LayerNorms", elem_id="layernorm-run", variant="primary", scale=1)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..components import Number, Slider
 from ..compute.sampling_view import (draw_counts, draws_markdown, draws_view, final_distribution,
                                      model_fingerprint, next_token_logits, sampling_view, summary_markdown)
 from ..context import AppContext
@@ -45,11 +46,11 @@ def build(ctx: AppContext) -> None:
     notice = gr.Markdown(elem_id="sampling-notice", elem_classes="notice")
     logits_cache = gr.State(None)   # {"key": (model, prompt ids), "logits": (V,) array}: this session only
     with gr.Row():
-        temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature (0 = greedy)",
+        temperature = Slider(0, 2, value=1.0, step=0.05, label="Temperature (0 = greedy)",
                                 elem_id="sampling-temperature")
-        top_k = gr.Slider(0, 200, value=0, step=1, label="Top-k (0 = off)", elem_id="sampling-top-k")
-        top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="Top-p (1 = off)", elem_id="sampling-top-p")
-        n_bars = gr.Slider(5, 50, value=20, step=1, label="Tokens to show", elem_id="sampling-n-bars")
+        top_k = Slider(0, 200, value=0, step=1, label="Top-k (0 = off)", elem_id="sampling-top-k")
+        top_p = Slider(0.05, 1, value=1.0, step=0.05, label="Top-p (1 = off)", elem_id="sampling-top-p")
+        n_bars = Slider(5, 50, value=20, step=1, label="Tokens to show", elem_id="sampling-n-bars")
     run = gr.Button("Show next-token distribution", variant="primary", elem_id="sampling-run")
     bars = gr.Plot(label="Next-token distribution", elem_id="sampling-bars")
     summary = gr.Markdown(elem_id="sampling-summary")
@@ -57,8 +58,8 @@ def build(ctx: AppContext) -> None:
     gr.Markdown("### Draw samples\nDraw many tokens from the final distribution and count how often each "
                 "one comes up. The same seed always gives the same draws.")
     with gr.Row():
-        n_draws = gr.Slider(10, 2000, value=200, step=10, label="Number of draws", elem_id="sampling-n-draws")
-        seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="sampling-seed")
+        n_draws = Slider(10, 2000, value=200, step=10, label="Number of draws", elem_id="sampling-n-draws")
+        seed = Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="sampling-seed")
         draw_btn = gr.Button("Draw samples", elem_id="sampling-draw")
     draws_plot = gr.Plot(label="Draws vs expected", elem_id="sampling-draws-plot")
     draws_summary = gr.Markdown(elem_id="sampling-draws-summary")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..components import Slider
 from ..compute.tokens import (MAX_TOKENS, MAX_WINDOWS, coverage, partial_labels, sliding_windows,
                               split_characters, split_rows, stats_markdown, text_stats, token_view,
                               tokens_per_word, windows_markdown, word_token_counts)
@@ -54,9 +55,9 @@ def build(ctx: AppContext) -> None:
 
     gr.Markdown(WINDOWS_EXPLANATION)
     with gr.Row():
-        context_length = gr.Slider(2, 32, value=8, step=1, label="Context length (tokens per window)",
+        context_length = Slider(2, 32, value=8, step=1, label="Context length (tokens per window)",
                                    elem_id="tokenizer-context-length")
-        stride = gr.Slider(1, 32, value=4, step=1, label="Stride (tokens between window starts)",
+        stride = Slider(1, 32, value=4, step=1, label="Stride (tokens between window starts)",
                            elem_id="tokenizer-stride")
         windows_btn = gr.Button("Show windows", elem_id="tokenizer-windows-run")
     windows_md = gr.Markdown(elem_id="tokenizer-windows-info")

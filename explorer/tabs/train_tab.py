@@ -6,6 +6,7 @@ import time
 
 import gradio as gr
 
+from ..components import Slider
 from ..compute import training
 from ..context import AppContext
 from ..errors import handle
@@ -57,7 +58,7 @@ def build(ctx: AppContext) -> None:
         with gr.Column(scale=2):
             preset = gr.Dropdown(training.preset_choices(), value=training.DEFAULT_PRESET,
                                  label="Model size", elem_id="train-preset")
-            steps = gr.Slider(training.MIN_STEPS, training.MAX_STEPS, value=100, step=10,
+            steps = Slider(training.MIN_STEPS, training.MAX_STEPS, value=100, step=10,
                               label="Training steps", elem_id="train-steps")
             with gr.Row():
                 run = gr.Button("Train", variant="primary", elem_id="train-run")
