@@ -19,7 +19,7 @@ HEADER = """
 # GPT-2 Explorer
 Type a prompt, then open a tab to watch GPT-2 work on it: how the tokenizer splits the text, where
 each attention head looks, how LayerNorm and GELU reshape the numbers, and how the sampler picks the
-next token. Press **Enter** in the prompt box to refresh the views.
+next token. Press **Shift+Enter** in the prompt box (or a tab's button) to refresh the views.
 """
 
 
@@ -45,7 +45,7 @@ def build_app(registry: ModelRegistry) -> gr.Blocks:
                                        allow_custom_value=True, elem_id="model-choice")
         status = gr.Markdown(status_text, elem_id="model-status")
         user_models = gr.State({})
-        ctx = AppContext(registry, prompt, model_choice, user_models)
+        ctx = AppContext(registry, prompt, model_choice, user_models, demo)
 
         @handle
         def select_model(name, user_models, progress=gr.Progress()):

@@ -14,6 +14,12 @@ class AppContext:
     prompt: gr.Textbox          # the shared prompt (elem_id "prompt")
     model_choice: gr.Dropdown   # this user's model (elem_id "model-choice"); also an API argument
     user_models: gr.State       # {name: ModelEntry} trained in this session (Train tab)
+    demo: gr.Blocks             # the app, for its page-load event
+
+    @property
+    def refresh_triggers(self) -> list:
+        """When a tab's views recompute by themselves: Shift+Enter in the prompt, and page load."""
+        return [self.prompt.submit, self.demo.load]
 
     @property
     def model_inputs(self) -> list:

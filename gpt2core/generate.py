@@ -50,25 +50,27 @@ def stream(model: GPT2, prompt_ids, max_new_tokens: int = 50, temperature: float
     param = next(model.parameters())
     cache = KVCache(model.config, 1, dtype=param.dtype, device=param.device) if use_cache else None
     fed = 0  # how many of ids are in the KV cache
-    with torch.no_grad():
-        for step in range(max_new_tokens):
+    for step in range(max_new_tokens):
+        # no_grad per step, never around a yield: grad mode is per thread, and a server may resume
+        # this generator on another thread, which would then be left with grad disabled.
+        with torch.no_grad():
             if cache is not None and len(ids) <= n_ctx:
-                new = torch.tensor([ids[fed:]], device=param.device)            # (1, T_new)
-                logits = model(new, kv_cache=cache)[0, -1]                        # (V,)
+                new = torch.tensor([ids[fed:]], device=param.device)                # (1, T_new)
+                logits = model(new, kv_cache=cache)[0, -1]                            # (V,)
                 fed = len(ids)
             else:
-                window = torch.tensor([ids[-n_ctx:]], device=param.device)      # (1, T<=n_ctx)
-                logits = model(window)[0, -1]                                     # (V,)
+                window = torch.tensor([ids[-n_ctx:]], device=param.device)          # (1, T<=n_ctx)
+                logits = model(window)[0, -1]                                         # (V,)
             logits = logits.float()
             probs = torch.softmax(logits, -1)
             token = int(sample(logits, temperature, top_k, top_p, generator=generator))
             sampled_probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), -1)
             top = torch.topk(probs, min(n_alternatives, probs.numel()))
-            ids.append(token)
-            yield Step(step, token, token_bytes(token), float(probs[token]), float(sampled_probs[token]),
-                       list(zip(top.indices.tolist(), top.values.tolist())), token == EOT_ID)
-            if stop_at_eot and token == EOT_ID:
-                return
+        ids.append(token)
+        yield Step(step, token, token_bytes(token), float(probs[token]), float(sampled_probs[token]),
+                   list(zip(top.indices.tolist(), top.values.tolist())), token == EOT_ID)
+        if stop_at_eot and token == EOT_ID:
+            return
 
 
 def generate(model: GPT2, prompt_ids, max_new_tokens: int = 50, **kwargs) -> list[int]:

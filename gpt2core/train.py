@@ -134,7 +134,7 @@ class Trainer:
             group["lr"] = lr
         # Dropout masks depend on the step alone; fork_rng puts the global generator back after,
         # so training in the app does not reset the random state other requests see.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
             torch.manual_seed(s.seed * 7_919 + self.step)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
                 loss = model.loss(x, y)

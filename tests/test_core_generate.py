@@ -290,3 +290,16 @@ def test_invalid_arguments_raise_value_error(model, prompt, bad):
     kwargs = {"max_new_tokens": 3, **bad}
     with pytest.raises(ValueError):
         next(stream(model, prompt, **kwargs))
+
+
+def test_a_suspended_stream_leaves_grad_mode_alone():
+    """A server resumes generators on pool threads: a yield inside no_grad would leave that
+    thread with grad disabled, and a later training request on it would fail."""
+    torch.manual_seed(0)
+    model = GPT2(get_config("tiny")).eval()
+    it = stream(model, [1, 2, 3], 3, temperature=0.0)
+    assert torch.is_grad_enabled()
+    next(it)
+    assert torch.is_grad_enabled(), "grad mode leaked out of a suspended stream"
+    list(it)
+    assert torch.is_grad_enabled()

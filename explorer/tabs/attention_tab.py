@@ -156,7 +156,7 @@ def build(ctx: AppContext) -> None:
         return big, avg, per_head, grid, text_md
 
     model_inputs = list(ctx.model_inputs)
-    sync = gr.on([btn.click, ctx.prompt.submit, layer.release, head.release, query.release, show_scores.input,
+    sync = gr.on([btn.click, ctx.prompt.submit, ctx.demo.load, layer.release, head.release, query.release, show_scores.input,
                   ctx.model_choice.change],
                  sync_controls, [ctx.prompt, layer, head, query, n_tokens, *model_inputs],
                  [layer, head, query, n_tokens], api_visibility="private")

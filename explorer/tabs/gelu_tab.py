@@ -92,6 +92,6 @@ def build(ctx: AppContext) -> None:
     inputs = [ctx.prompt, layer, log_y, *ctx.model_inputs]
     outputs = [notice, layer, summary, hist_plot, shares_plot, all_plot]
     btn.click(view, inputs, outputs, api_name="gelu_view")
-    ctx.prompt.submit(view, inputs, outputs, api_visibility="private")
+    gr.on(ctx.refresh_triggers, view, inputs, outputs, api_visibility="private")
     layer.submit(view, inputs, outputs, api_visibility="private")
     log_y.input(view, inputs, outputs, api_visibility="private")

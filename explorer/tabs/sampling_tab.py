@@ -108,7 +108,7 @@ def build(ctx: AppContext) -> None:
 
     run.click(**show_io, api_name="sampling_distribution").success(**draw_io, api_visibility="private")
     draw_btn.click(**draw_io, api_name="sampling_draws")
-    ctx.prompt.submit(**show_io, api_visibility="private").success(**draw_io, api_visibility="private")
+    gr.on(ctx.refresh_triggers, **show_io, api_visibility="private").success(**draw_io, api_visibility="private")
     for control in (temperature, top_k, top_p, n_bars):
         control.change(**show_io, api_visibility="private", trigger_mode="always_last",
                        show_progress="hidden").success(**draw_io, api_visibility="private",

@@ -96,8 +96,8 @@ def build(ctx: AppContext) -> None:
     btn.click(show_tokens, token_inputs, token_outputs, api_name="tokenizer_breakdown").then(
         show_windows, window_inputs, window_outputs, api_visibility="private")
     windows_btn.click(show_windows, window_inputs, window_outputs, api_name="tokenizer_windows")
-    ctx.prompt.submit(show_tokens, token_inputs, token_outputs, api_visibility="private")
-    ctx.prompt.submit(show_windows, window_inputs, window_outputs, api_visibility="private")
+    gr.on(ctx.refresh_triggers, show_tokens, token_inputs, token_outputs, api_visibility="private")
+    gr.on(ctx.refresh_triggers, show_windows, window_inputs, window_outputs, api_visibility="private")
     for slider in (context_length, stride):
         slider.release(show_windows, window_inputs, window_outputs, api_visibility="private")
 
