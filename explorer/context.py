@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from .inputs import InputError, prepare_prompt
 from .session import ModelEntry, ModelRegistry
 
 
@@ -25,6 +26,13 @@ class AppContext:
     def model_inputs(self) -> list:
         """Put these last in a handler's inputs; the handler calls ctx.model(name, user_models)."""
         return [self.model_choice, self.user_models]
+
+    def initial_tokens(self, max_tokens: int) -> int:
+        """How many tokens the default prompt has (for sliders' starting ranges)."""
+        try:
+            return len(prepare_prompt(self.prompt.value, max_tokens=max_tokens).ids)
+        except InputError:
+            return 1
 
     def model(self, name: str | None, user_models: dict | None = None, progress=None) -> ModelEntry:
         return self.registry.get(name, user_models, progress)

@@ -13,7 +13,8 @@ sys.path.insert(0, str(ROOT))
 # Tests never touch the network: the Hub client fails fast instead of retrying for 23 s.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(2)
+# Test models are tiny: one intra-op thread beats two fighting the app server's threads.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

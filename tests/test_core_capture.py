@@ -50,14 +50,6 @@ def expected_shapes(T: int, d=64, nh=4, n_layer=2) -> dict[str, tuple]:
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: one intra-op thread avoids oversubscribing a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def model():

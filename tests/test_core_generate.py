@@ -8,14 +8,6 @@ from gpt2core import EOT_ID, GPT2, KVCache, generate, get_config, stream
 from gpt2core.tokenizer import token_bytes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny single-sequence models: one intra-op thread avoids oversubscribing a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def model():

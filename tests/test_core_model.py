@@ -22,14 +22,6 @@ PUBLISHED = {
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: one intra-op thread avoids oversubscribing a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def formula_params(cfg: GPT2Config) -> int:
     """Parameter count written out from the architecture, independent of the model code."""

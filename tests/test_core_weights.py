@@ -14,13 +14,6 @@ from gpt2core import GPT2, WeightsError, get_config, load, load_hf, save
 from gpt2core.weights import download_hf, load_from_hub
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def perturbed_tiny(**overrides) -> GPT2:
     torch.manual_seed(0)

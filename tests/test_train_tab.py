@@ -14,14 +14,6 @@ from gpt2core import tokenizer
 from tests.conftest import plot_json
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is faster than two fighting for a busy CPU. Restored afterwards."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 # ---- figure -------------------------------------------------------------------------------------
 

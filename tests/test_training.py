@@ -9,14 +9,6 @@ from gpt2core.train import (LOG_FILE, OPTIM_FILE, Trainer, TrainSettings, evalua
 from gpt2core.weights import WEIGHTS_FILE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is faster than two fighting for a busy CPU. Restored afterwards."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
 
 def nano(seed=0, dropout=0.0, n_ctx=16):
     torch.manual_seed(seed)

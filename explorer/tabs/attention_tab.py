@@ -67,16 +67,9 @@ def _summary(prompt: Prompt, patterns, layer: int, head: int, query: int) -> str
             f"{tokens[avg_top]} ({avg[avg_top]:.2f}).")
 
 
-def _initial_tokens(ctx: AppContext) -> int:
-    try:
-        return len(prepare_prompt(ctx.prompt.value, max_tokens=MAX_VIEW_TOKENS).ids)
-    except InputError:
-        return 1
-
-
 def build(ctx: AppContext) -> None:
     cfg = ctx.model(ctx.model_choice.value).model.config
-    n0 = _initial_tokens(ctx)
+    n0 = ctx.initial_tokens(MAX_VIEW_TOKENS)
     gr.Markdown(EXPLANATION, elem_id="attention-explanation")
     gr.Examples(EXAMPLES, inputs=[ctx.prompt], label="Example prompts")
     with gr.Row():

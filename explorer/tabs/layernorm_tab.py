@@ -30,13 +30,6 @@ EXAMPLES = [
 ]
 
 
-def _initial_tokens(ctx: AppContext) -> int:
-    try:
-        return len(prepare_prompt(ctx.prompt.value, max_tokens=MAX_VIEW_TOKENS).ids)
-    except InputError:
-        return 1
-
-
 def build(ctx: AppContext) -> None:
     gr.Markdown(EXPLANATION)
     gr.Examples(EXAMPLES, inputs=[ctx.prompt], label="Example prompts")
@@ -44,7 +37,7 @@ def build(ctx: AppContext) -> None:
     with gr.Row():
         # The maximum stays fixed: gradio checks API values against it, per session, so moving it
         # with the prompt would make the accepted range depend on earlier calls. Past the end = last token.
-        token = Slider(0, MAX_VIEW_TOKENS - 1, value=_initial_tokens(ctx) - 1, step=1,
+        token = Slider(0, MAX_VIEW_TOKENS - 1, value=ctx.initial_tokens(MAX_VIEW_TOKENS) - 1, step=1,
                           label="Token to look at (position; past the end = the last token)",
                           elem_id="layernorm-token", scale=3)
         btn = gr.Button("Show LayerNorms", elem_id="layernorm-run", variant="primary", scale=1)
