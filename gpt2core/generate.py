@@ -8,7 +8,7 @@ from typing import Iterator
 import torch
 
 from .model import GPT2, KVCache
-from .sampling import check_settings, filter_logits, sample
+from .sampling import check_settings, distribution, filter_logits, sample
 from .tokenizer import EOT_ID, token_bytes
 
 
@@ -76,3 +76,15 @@ def stream(model: GPT2, prompt_ids, max_new_tokens: int = 50, temperature: float
 def generate(model: GPT2, prompt_ids, max_new_tokens: int = 50, **kwargs) -> list[int]:
     """The new token ids (not the prompt); see ``stream`` for the options."""
     return [s.token_id for s in stream(model, prompt_ids, max_new_tokens, n_alternatives=0, **kwargs)]
+
+
+def next_token_distribution(model: GPT2, prompt_ids, temperature: float = 1.0, top_k: int | None = None,
+                            top_p: float | None = None):
+    """The next-token distribution after a prompt, at every filter stage (see sampling.distribution).
+
+    The prompt is cropped to its last ``n_ctx`` tokens, as generation would see it.
+    """
+    ids = _as_ids(prompt_ids)[-model.config.n_ctx:]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids], device=next(model.parameters()).device))[0, -1]   # (V,)
+    return distribution(logits, temperature, top_k, top_p)

@@ -295,3 +295,22 @@ def test_a_suspended_stream_leaves_grad_mode_alone():
     assert torch.is_grad_enabled(), "grad mode leaked out of a suspended stream"
     list(it)
     assert torch.is_grad_enabled()
+
+
+def test_next_token_distribution_matches_the_models_last_logits():
+    from gpt2core import next_token_distribution
+
+    torch.manual_seed(0)
+    model = GPT2(get_config("tiny")).eval()
+    prompt = list(range(10, 30))
+    dist = next_token_distribution(model, prompt, temperature=0.7, top_k=5, top_p=0.9)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt]))[0, -1]
+    torch.testing.assert_close(dist.base, torch.softmax(logits, -1))
+    torch.testing.assert_close(dist.tempered, torch.softmax(logits / 0.7, -1))
+    assert int((dist.final > 0).sum()) <= 5
+    assert int(dist.cut_by_top_k.sum()) == 50257 - 5
+    # Longer than the context: only the last n_ctx tokens count.
+    long = list(range(300))
+    cropped = next_token_distribution(model, long)
+    torch.testing.assert_close(cropped.base, next_token_distribution(model, long[-128:]).base)
