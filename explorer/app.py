@@ -10,7 +10,7 @@ from .tabs import load_tabs
 
 DEFAULT_PROMPT = "To be, or not to be, that is the question:"
 MAX_QUEUE = 64                # waiting events beyond this are refused with "queue full"
-REQUEST_TIME_LIMIT = 60       # seconds; streaming generation and training stop at their own limits
+CONCURRENCY = 4               # events computed at once; the rest wait in the queue
 CSS = """
 #untrained-banner { background: #fff3cd; border: 1px solid #e0b000; border-radius: 6px; padding: 4px 12px; }
 .notice { color: #8a5a00; }
@@ -57,5 +57,5 @@ def build_app(registry: ModelRegistry) -> gr.Blocks:
             for tab in load_tabs():
                 with gr.Tab(tab.TITLE, elem_id=f"tab-{tab.__name__.rsplit('.', 1)[-1].removesuffix('_tab')}"):
                     tab.build(ctx)
-    demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=4)
+    demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=CONCURRENCY)
     return demo
