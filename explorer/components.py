@@ -7,29 +7,17 @@ range first and raise a gr.Error naming the control by its label.
 """
 from __future__ import annotations
 
-import math
-
 import gradio as gr
+
+from .inputs import InputError, check_number
 
 
 def _checked(component, payload):
-    name = component.label or "This value"
-    if isinstance(payload, str):
-        try:
-            payload = float(payload)
-        except ValueError:
-            raise gr.Error(f"{name} must be a number, got {payload!r}.", print_exception=False) from None
-    if isinstance(payload, bool) or not isinstance(payload, (int, float)):
-        got = "nothing" if payload is None else type(payload).__name__
-        raise gr.Error(f"{name} must be a number, got {got}.", print_exception=False)
-    if not math.isfinite(payload):
-        raise gr.Error(f"{name} must be a finite number, got {payload}.", print_exception=False)
-    lo, hi = component.minimum, component.maximum
-    if (lo is not None and payload < lo) or (hi is not None and payload > hi):
-        allowed = (f"between {lo:g} and {hi:g}" if lo is not None and hi is not None
-                   else f"at least {lo:g}" if lo is not None else f"at most {hi:g}")
-        raise gr.Error(f"{name} must be {allowed}, got {payload:g}.", print_exception=False)
-    return gr.Number.round_to_precision(payload, component.precision)
+    try:
+        value = check_number(payload, component.label or "This value", component.minimum, component.maximum)
+    except InputError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+    return gr.Number.round_to_precision(value, component.precision)
 
 
 class Slider(gr.Slider):
@@ -44,3 +32,32 @@ class Number(gr.Number):
 
     def preprocess(self, payload):
         return _checked(self, payload)
+
+
+class _NamedValidation:
+    """Stands in for a component's pydantic data model: gradio validates API payloads with it before any
+    app code runs, and a malformed one would reach the caller as pydantic's raw dump. This one raises a
+    gr.Error naming the control instead; everything else is the real model's."""
+
+    def __init__(self, model, label: str):
+        self._model, self._label = model, label
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def model_validate(self, obj, *args, **kwargs):
+        from pydantic import ValidationError
+        try:
+            return self._model.model_validate(obj, *args, **kwargs)
+        except ValidationError:
+            raise gr.Error(f"{self._label} must be a file uploaded to this app (in the API: "
+                           f"gradio_client.handle_file(path)), got {type(obj).__name__}.",
+                           print_exception=False) from None
+
+
+class File(gr.File):
+    is_template = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data_model = _NamedValidation(self.data_model, self.label or "The file")

@@ -74,21 +74,28 @@ def prepare_prompt(text, max_tokens: int = MAX_PROMPT_TOKENS, keep: str = "end")
     return Prompt(cleaned, ids, notices)
 
 
-def check_number(value, name: str, lo: float, hi: float, integer: bool = False):
-    """A number in [lo, hi] (ints when ``integer``), else InputError naming the control."""
+def fmt_number(x) -> str:
+    """Whole numbers in full (2147483648, not 2.14748e+09, which reads like the maximum); others with :g."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def check_number(value, name: str, lo: float | None, hi: float | None, integer: bool = False):
+    """A number in [lo, hi] (ints when ``integer``; None: no bound), else InputError naming the control."""
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
             raise InputError(f"{name} must be a number, got {value!r}.") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{name} must be a number, got {type(value).__name__}.")
+        raise InputError(f"{name} must be a number, got {'nothing' if value is None else type(value).__name__}.")
     if not math.isfinite(value):
         raise InputError(f"{name} must be a finite number, got {value}.")
     if integer:
         if value != int(value):
             raise InputError(f"{name} must be a whole number, got {value}.")
         value = int(value)
-    if not lo <= value <= hi:
-        raise InputError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}.")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        allowed = (f"between {fmt_number(lo)} and {fmt_number(hi)}" if lo is not None and hi is not None
+                   else f"at least {fmt_number(lo)}" if lo is not None else f"at most {fmt_number(hi)}")
+        raise InputError(f"{name} must be {allowed}, got {fmt_number(value)}.")
     return value

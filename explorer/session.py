@@ -64,13 +64,17 @@ class ModelRegistry:
 
     def get(self, name: str | None, user_models: dict | None = None, progress=None) -> ModelEntry:
         name = name or self.default
+        if not isinstance(name, str):
+            raise InputError(f"The model must be given by its name (text), got {type(name).__name__}. "
+                             f"Choose one of: {', '.join(self.names())}.")
         if user_models and name in user_models:
             return user_models[name]
         if name in self._entries:
             return self._entries[name]
         if name == HUB_NAME and self.hub_enabled:
             return self.load_hub(progress)
-        raise InputError(f"Unknown model {name!r}. Choose one of: {', '.join(self.names())}.")
+        shown = repr(name) if len(name) <= 80 else repr(name[:60]) + f"… ({len(name):,} characters)"
+        raise InputError(f"Unknown model {shown}. Choose one of: {', '.join(self.names())}.")
 
     def load_hub(self, progress=None) -> ModelEntry:
         """Download OpenAI's GPT-2 (124M) on request; a plain InputError when it can't."""
@@ -93,7 +97,7 @@ def random_model(seed: int = 0) -> GPT2:
 
 
 def describe_source(path: Path) -> str:
-    doc = weights.read_metadata(path)
+    doc = weights.read_metadata(path.parent if path.is_file() else path)
     if doc.get("format") == weights.OWN_FORMAT:
         steps = doc.get("step")
         return f"{path} (gpt2core checkpoint{f', {steps} training steps' if steps else ''})"
@@ -118,7 +122,8 @@ def build_registry(weights_arg: str | None = None, progress=None) -> ModelRegist
     elif weights_arg:
         path = Path(weights_arg)
         try:
-            entry = ModelEntry(path.name or str(path), load(path), describe_source(path))
+            folder = path.parent if path.is_file() else path   # --weights may name a file of the folder
+            entry = ModelEntry(folder.name or str(folder), load(path), describe_source(path))
             registry.add(entry, default=True)
         except WeightsError as e:
             registry.startup_notice = f"Could not load --weights {weights_arg}: {e}"

@@ -106,6 +106,10 @@ class Distribution:
                 "final": float(entropy(self.final))}
 
 
+def _softmax64(x: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(x.double(), -1)
+
+
 def distribution(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None) -> Distribution:
     """Every stage of temperature -> top-k -> top-p for one logits vector (V,)."""
@@ -116,7 +120,9 @@ def distribution(logits: torch.Tensor, temperature: float = 1.0, top_k: int | No
     after_k = tempered.masked_fill(~k_mask, float("-inf"))
     p_mask = top_p_mask(after_k, top_p) & k_mask
     final = after_k.masked_fill(~p_mask, float("-inf"))
+    # The masks are float32, exactly as sampling cuts; the probabilities shown are float64, so that
+    # sums over 50,257 tokens (the mass each filter removed) are exact to ~1e-12, not ~1e-6.
     return Distribution(
-        base=torch.softmax(logits, -1), tempered=torch.softmax(tempered, -1),
-        after_top_k=torch.softmax(after_k, -1), final=torch.softmax(final, -1),
+        base=_softmax64(logits), tempered=_softmax64(tempered),
+        after_top_k=_softmax64(after_k), final=_softmax64(final),
         cut_by_top_k=torch.isfinite(tempered) & ~k_mask, cut_by_top_p=k_mask & ~p_mask)

@@ -95,13 +95,21 @@ def hf_state_dict_to_ours(tensors: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def load_state(model: GPT2, state: dict[str, torch.Tensor], source: str) -> GPT2:
-    """Copy ``state`` into ``model`` after checking names and shapes; errors name ``source``."""
-    expected = dict(model.state_dict())
-    if model.config.tie_weights:
-        expected.pop("lm_head.weight")
-        state = {k: v for k, v in state.items() if k != "lm_head.weight"} if "lm_head.weight" in state \
-            and "wte.weight" in state and torch.equal(state["lm_head.weight"], state["wte.weight"]) else state
+def build_checked(cfg: GPT2Config, state: dict[str, torch.Tensor], source: str) -> GPT2:
+    """A GPT2 of ``cfg`` holding ``state``. Names and shapes are checked on a meta-device model first,
+    so a config that disagrees with the tensors (say, one asking for a vocabulary of 10**12) is a
+    WeightsError naming ``source``, never an attempt to allocate that model."""
+    with torch.device("meta"):
+        state = check_state(GPT2(cfg), state, source)
+    return _copy_into(GPT2(cfg), state)
+
+
+def check_state(model: GPT2, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``state`` that ``model`` takes, after checking names, shapes and values."""
+    expected = _expected(model)
+    if model.config.tie_weights and "lm_head.weight" in state and "wte.weight" in state \
+            and torch.equal(state["lm_head.weight"], state["wte.weight"]):
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -115,10 +123,27 @@ def load_state(model: GPT2, state: dict[str, torch.Tensor], source: str) -> GPT2
     bad = [k for k, t in state.items() if not t.is_floating_point() or not torch.isfinite(t).all()]
     if bad:
         raise WeightsError(f"{source}: non-finite or non-float values in {bad[:5]}")
+    return state
+
+
+def _expected(model: GPT2) -> dict[str, torch.Tensor]:
+    """The model's tensors by name; a tied head is the token embedding, so it is not asked for."""
+    expected = dict(model.state_dict())
+    if model.config.tie_weights:
+        expected.pop("lm_head.weight")
+    return expected
+
+
+def _copy_into(model: GPT2, state: dict[str, torch.Tensor]) -> GPT2:
     with torch.no_grad():
-        for k, v in expected.items():
+        for k, v in _expected(model).items():
             v.copy_(state[k].to(v.dtype))
     return model
+
+
+def load_state(model: GPT2, state: dict[str, torch.Tensor], source: str) -> GPT2:
+    """Copy ``state`` into ``model`` after checking names and shapes; errors name ``source``."""
+    return _copy_into(model, check_state(model, state, source))
 
 
 def load_hf(folder) -> GPT2:
@@ -127,7 +152,7 @@ def load_hf(folder) -> GPT2:
     _refuse_pickle(folder)
     cfg = hf_config_to_ours(_read_json(folder / CONFIG_FILE), str(folder / CONFIG_FILE))
     state = hf_state_dict_to_ours(_read_tensors(folder / WEIGHTS_FILE))
-    return load_state(GPT2(cfg), state, str(folder / WEIGHTS_FILE)).eval()
+    return build_checked(cfg, state, str(folder / WEIGHTS_FILE)).eval()
 
 
 def save(model: GPT2, folder, dtype: torch.dtype | None = None, metadata: dict | None = None) -> Path:
@@ -153,6 +178,10 @@ def load(path) -> GPT2:
     """Load a checkpoint folder of either format (or its config.json / model.safetensors)."""
     path = Path(path)
     _refuse_pickle(path)
+    if path.is_file() and path.name not in (CONFIG_FILE, WEIGHTS_FILE):
+        # Never fall back to the folder's other files: that would load a model the user didn't name.
+        raise WeightsError(f"{path}: not a checkpoint file; give the checkpoint folder, "
+                           f"or its {CONFIG_FILE} or {WEIGHTS_FILE}")
     folder = path.parent if path.is_file() else path
     if not folder.is_dir():
         raise WeightsError(f"{path}: no such checkpoint folder")
@@ -164,7 +193,7 @@ def load(path) -> GPT2:
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"{folder / CONFIG_FILE}: invalid config ({e})") from None
     state = {k: v.float() for k, v in _read_tensors(folder / WEIGHTS_FILE).items()}
-    return load_state(GPT2(cfg), state, str(folder / WEIGHTS_FILE)).eval()
+    return build_checked(cfg, state, str(folder / WEIGHTS_FILE)).eval()
 
 
 def read_metadata(folder) -> dict:

@@ -6,7 +6,7 @@ import time
 
 import gradio as gr
 
-from ..components import Slider
+from ..components import File, Slider
 from ..compute import training
 from ..context import AppContext
 from ..errors import handle
@@ -53,7 +53,7 @@ def build(ctx: AppContext) -> None:
         with gr.Column(scale=3):
             text = gr.Textbox(DEMO_TEXT, label="Training text (paste your own)", lines=10, max_lines=14,
                               elem_id="train-text")
-            upload = gr.File(label="…or upload a .txt file (used instead of the box)", file_types=[".txt"],
+            upload = File(label="…or upload a .txt file (used instead of the box)", file_types=[".txt"],
                              type="filepath", elem_id="train-file")
         with gr.Column(scale=2):
             preset = gr.Dropdown(training.preset_choices(), value=training.DEFAULT_PRESET,
