@@ -56,11 +56,11 @@ def stream(model: GPT2, prompt_ids, max_new_tokens: int = 50, temperature: float
         with torch.no_grad():
             if cache is not None and len(ids) <= n_ctx:
                 new = torch.tensor([ids[fed:]], device=param.device)                # (1, T_new)
-                logits = model(new, kv_cache=cache)[0, -1]                            # (V,)
+                logits = model(new, kv_cache=cache, last_only=True)[0, -1]            # (V,)
                 fed = len(ids)
             else:
                 window = torch.tensor([ids[-n_ctx:]], device=param.device)          # (1, T<=n_ctx)
-                logits = model(window)[0, -1]                                         # (V,)
+                logits = model(window, last_only=True)[0, -1]                         # (V,)
             logits = logits.float()
             probs = torch.softmax(logits, -1)
             token = int(sample(logits, temperature, top_k, top_p, generator=generator))
@@ -86,5 +86,5 @@ def next_token_distribution(model: GPT2, prompt_ids, temperature: float = 1.0, t
     """
     ids = _as_ids(prompt_ids)[-model.config.n_ctx:]
     with torch.no_grad():
-        logits = model(torch.tensor([ids], device=next(model.parameters()).device))[0, -1]   # (V,)
+        logits = model(torch.tensor([ids], device=next(model.parameters()).device), last_only=True)[0, -1]  # (V,)
     return distribution(logits, temperature, top_k, top_p)

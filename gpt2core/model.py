@@ -182,8 +182,10 @@ class GPT2(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """idx (B, T) token ids -> logits (B, T, vocab)."""
+    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, vocab); with ``last_only`` (B, 1, vocab) for the last
+        position alone, which is all decoding needs: the head is the largest matrix, so this saves
+        (T - 1) / T of its work on a prompt."""
         B, T = idx.shape
         past = kv_cache.length if kv_cache is not None else 0
         if past + T > self.config.n_ctx:
@@ -195,7 +197,9 @@ class GPT2(nn.Module):
             x = block(x, kv_cache)                                             # (B, T, d)
         if kv_cache is not None:
             kv_cache.length += T
-        return self.lm_head(self.ln_f(x))                                      # (B, T, vocab)
+        if last_only:
+            x = x[:, -1:]                                                      # (B, 1, d)
+        return self.lm_head(self.ln_f(x))                                      # (B, T or 1, vocab)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy; targets (B, T) are idx shifted by one."""

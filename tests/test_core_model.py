@@ -280,3 +280,15 @@ def test_init_scales_residual_projections():
     assert model.blocks[3].attn.c_proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
     assert torch.all(model.blocks[0].mlp.c_fc.bias == 0)
     assert torch.all(model.ln_f.weight == 1) and torch.all(model.ln_f.bias == 0)
+
+
+def test_last_only_logits_are_the_last_row():
+    """Decoding asks for the last position's logits alone; they equal the last row of the full logits."""
+    torch.manual_seed(0)
+    model = GPT2(get_config("tiny")).eval()
+    idx = torch.randint(0, model.config.vocab_size, (2, 17))
+    with torch.no_grad():
+        full = model(idx)
+        last = model(idx, last_only=True)
+    assert last.shape == (2, 1, model.config.vocab_size)
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=0, atol=1e-5)

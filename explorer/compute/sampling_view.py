@@ -18,7 +18,7 @@ def next_token_logits(model: GPT2, ids: list[int]) -> np.ndarray:
     """The logits (V,) for the token after ``ids``, as float32 numpy (the last n_ctx tokens are used)."""
     ids = list(ids)[-model.config.n_ctx:]
     with torch.no_grad():
-        logits = model(torch.tensor([ids], dtype=torch.long))[0, -1]
+        logits = model(torch.tensor([ids], dtype=torch.long), last_only=True)[0, -1]
     return logits.float().numpy()
 
 
