@@ -197,28 +197,31 @@ class GPT2(nn.Module):
             x = block(x, kv_cache)                                             # (B, T, d)
         if kv_cache is not None:
             kv_cache.length += T
+        x = self.ln_f(x)                                                       # (B, T, d)
         if last_only:
             x = x[:, -1:]                                                      # (B, 1, d)
-        return self.lm_head(self.ln_f(x))                                      # (B, T or 1, vocab)
+        return self.lm_head(x)                                                 # (B, T or 1, vocab)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy; targets (B, T) are idx shifted by one."""
         logits = self(idx)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
-    def run_with_cache(self, idx, names=None, hooks=None) -> tuple[torch.Tensor, ActivationCache]:
+    def run_with_cache(self, idx, names=None, hooks=None, last_only: bool = False) -> tuple[torch.Tensor, ActivationCache]:
         """Forward pass that also returns the activations named by ``names`` (None: all).
 
         ``idx`` is a sequence of ids (T,) or a batch (B, T). For a single sequence the batch
         axis is removed from the logits and every cached tensor, e.g. a pattern is (nh, T, S).
         ``hooks`` maps hook names to functions (tensor, name) -> tensor|None that may edit it.
+        ``last_only``: logits for the last position only (every hook still sees every position);
+        a view that draws no logits skips most of the head's work this way.
         """
         idx = torch.as_tensor(idx, dtype=torch.long)
         single = idx.dim() == 1
         if single:
             idx = idx.unsqueeze(0)
         with torch.no_grad(), capture(names, hooks) as cache:
-            logits = self(idx)
+            logits = self(idx, last_only=last_only)
         if single:
             logits = logits[0]
             for name, tensor in cache.items():

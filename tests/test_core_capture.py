@@ -442,3 +442,18 @@ def test_plain_forward_in_another_thread_gets_no_capture(model):
         torch.testing.assert_close(logits, cap_ref[0], atol=1e-6, rtol=1e-5)
         assert_same_cache(cache, cap_ref[1])
     assert not hooks.capture_active()
+
+
+def test_last_only_capture_keeps_every_position_in_the_hooks():
+    """run_with_cache(last_only=True) computes the head for the last position, yet every hook
+    (ln_f included) still holds every position, equal to a full run's."""
+    torch.manual_seed(0)
+    model = GPT2(get_config("tiny")).eval()
+    ids = list(range(100, 120))
+    full_logits, full = model.run_with_cache(ids)
+    last_logits, last = model.run_with_cache(ids, last_only=True)
+    assert last_logits.shape == (1, model.config.vocab_size)
+    torch.testing.assert_close(last_logits[0], full_logits[-1], rtol=0, atol=1e-5)
+    assert set(last) == set(full)
+    for name in full:
+        torch.testing.assert_close(last[name], full[name], rtol=0, atol=0, msg=name)

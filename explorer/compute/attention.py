@@ -33,7 +33,7 @@ def attention_run(model: GPT2, ids: list[int], scores_layer: int | None = None) 
     names = [PATTERN_HOOK.format("*")]
     if scores_layer is not None:
         names.append(SCORES_HOOK.format(scores_layer))
-    _, cache = model.run_with_cache(list(ids), names=names)
+    _, cache = model.run_with_cache(list(ids), names=names, last_only=True)   # the view draws no logits
     patterns = cache.stack(PATTERN_HOOK, n_layer).float().numpy()
     scores = None
     if scores_layer is not None:

@@ -104,7 +104,8 @@ class GeluStats:
 def gelu_stats(model: GPT2, ids: list[int], threshold: float = NEAR_ZERO, n_bins: int = N_BINS) -> GeluStats:
     """One forward pass capturing only the GELU inputs/outputs; histograms and shares per layer."""
     n_layer = model.config.n_layer
-    _, cache = model.run_with_cache(list(ids), names=["blocks.*.mlp.hook_pre", "blocks.*.mlp.hook_post"])
+    _, cache = model.run_with_cache(list(ids), names=["blocks.*.mlp.hook_pre", "blocks.*.mlp.hook_post"],
+                                    last_only=True)   # the view draws no logits
     pre = cache.stack("blocks.{}.mlp.hook_pre", n_layer).numpy()     # (L, T, 4d)
     post = cache.stack("blocks.{}.mlp.hook_post", n_layer).numpy()   # (L, T, 4d)
     edges = histogram_edges(pre, n_bins)

@@ -40,7 +40,7 @@ def layernorm_stats(model: GPT2, ids: list[int]) -> LayerNormStats:
     """One forward pass capturing only the LayerNorm statistics and the residual stream."""
     n_layer = model.config.n_layer
     names = STAT_HOOKS + ["blocks.0.hook_resid_pre", "*hook_resid_post"]
-    _, cache = model.run_with_cache(list(ids), names=names)
+    _, cache = model.run_with_cache(list(ids), names=names, last_only=True)   # the view draws no logits
     lns = layernorm_names(n_layer)
 
     def rows(hook: str) -> np.ndarray:
