@@ -18,6 +18,34 @@ from .config import GPT2Config, get_config
 from .hooks import ActivationCache, HookPoint, capture, name_hook_points
 
 
+class Linear(nn.Module):
+    """y = x W^T + b, like nn.Linear, with W stored (in, out) in memory.
+
+    That is the layout of GPT-2's Conv1D checkpoints and the faster one for MKL on this CPU
+    (x @ W_stored is a plain row-major product: 7-16% faster at 64 tokens, as bench/ measures).
+    ``weight`` is still the (out, in) tensor nn.Linear has, a transposed view of that storage, so
+    names, shapes and state dicts are unchanged.
+    """
+
+    def __init__(self, d_in: int, d_out: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = d_in, d_out
+        self.weight = nn.Parameter(torch.empty(d_in, d_out).t())   # (out, in) view of (in, out) storage
+        self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.t()                                                      # (in, out)
+        x2 = x.reshape(-1, self.in_features)                                    # (N, in)
+        if self.bias is None:
+            y = x2 @ w                                                           # (N, out)
+        else:
+            y = torch.addmm(self.bias, x2, w)                                    # (N, out)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
 class LayerNorm(nn.Module):
     """y = (x - mean) / sqrt(var + eps) * weight + bias, with the statistics exposed as hooks."""
 
@@ -58,9 +86,9 @@ class GELU(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPT2Config):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_fc = Linear(cfg.n_embd, 4 * cfg.n_embd)
         self.act = GELU()
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.c_proj = Linear(4 * cfg.n_embd, cfg.n_embd)
         self.dropout = nn.Dropout(cfg.dropout)
         self.hook_pre = HookPoint()    # GELU input  (B, T, 4d)
         self.hook_post = HookPoint()   # GELU output (B, T, 4d)
@@ -90,8 +118,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPT2Config, layer_idx: int = 0):
         super().__init__()
         self.n_head, self.head_dim, self.layer_idx = cfg.n_head, cfg.head_dim, layer_idx
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.qkv_bias)  # q, k, v fused
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.c_attn = Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.qkv_bias)  # q, k, v fused
+        self.c_proj = Linear(cfg.n_embd, cfg.n_embd)
         self.attn_dropout = nn.Dropout(cfg.dropout)
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.hook_q = HookPoint()            # (B, nh, T, hs)
@@ -149,25 +177,32 @@ class Block(nn.Module):
 
 
 class GPT2(nn.Module):
-    def __init__(self, cfg: GPT2Config):
+    def __init__(self, cfg: GPT2Config, init_weights: bool = True):
+        """``init_weights=False`` leaves the weights uninitialised, for a loader that overwrites them all
+        (random init of GPT-2 124M costs ~1 s, and on the meta device it imports torch._dynamo: 2.4 s)."""
         super().__init__()
         self.config = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.n_ctx, cfg.n_embd)
+        # Stored (d, vocab), so the tied head gets Linear's fast layout; lookups read it as (vocab, d).
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd, _weight=torch.empty(cfg.n_embd, cfg.vocab_size).t())
+        self.wpe = nn.Embedding(cfg.n_ctx, cfg.n_embd, _weight=torch.empty(cfg.n_ctx, cfg.n_embd))
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)])
         self.ln_f = LayerNorm(cfg.n_embd, cfg.layer_norm_eps)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight
         self.hook_embed = HookPoint()       # (B, T, d) token embeddings
         self.hook_pos_embed = HookPoint()   # (B, T, d) position embeddings
         self.hook_names = name_hook_points(self)
+        if init_weights:
+            self.init_weights()
+
+    def init_weights(self) -> None:
         self.apply(self._init_weights)
         # GPT-2 paper: scale the residual projections by 1/sqrt(2 * n_layer).
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GPT2":
@@ -175,7 +210,7 @@ class GPT2(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module):
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, Linear)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

@@ -100,8 +100,8 @@ def build_checked(cfg: GPT2Config, state: dict[str, torch.Tensor], source: str) 
     so a config that disagrees with the tensors (say, one asking for a vocabulary of 10**12) is a
     WeightsError naming ``source``, never an attempt to allocate that model."""
     with torch.device("meta"):
-        state = check_state(GPT2(cfg), state, source)
-    return _copy_into(GPT2(cfg), state)
+        state = check_state(GPT2(cfg, init_weights=False), state, source)
+    return _copy_into(GPT2(cfg, init_weights=False), state)   # every tensor is overwritten
 
 
 def check_state(model: GPT2, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
