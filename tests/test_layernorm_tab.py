@@ -163,3 +163,14 @@ def test_token_past_the_end_shows_the_last_token(client, registry):
 def test_layernorm_view_bad_input(client, registry, prompt, token, message):
     with pytest.raises(Exception, match=message):
         client.predict(prompt, token, registry.default, api_name="/layernorm_view")
+
+
+def test_residual_norm_lines_long_prompt_is_one_trace_with_gaps():
+    T = 40
+    norms = np.arange(2 * T, dtype=float).reshape(2, T)
+    fig = residual_norm_lines(["embed", "L0"], norms, [f"t{i}" for i in range(T)])
+    assert len(fig.data) == 2 and fig.data[-1].name == "median over tokens"
+    lines = fig.data[0]
+    assert len(lines.x) == len(lines.y) == len(lines.text) == 3 * T
+    assert list(lines.x[3:5]) == ["embed", "L0"] and lines.x[5] is None and lines.y[5] is None
+    assert list(lines.y[3:5]) == pytest.approx([1, T + 1]) and lines.text[3] == "1: t1"
