@@ -96,12 +96,13 @@ def random_model(seed: int = 0) -> GPT2:
     return GPT2(get_config("tiny", n_layer=4, n_embd=128, n_ctx=256))
 
 
-def describe_source(path: Path) -> str:
+def describe_source(path: Path, shown: str | None = None) -> str:
+    """Where the weights came from, in words; ``shown`` replaces the path in the text."""
     doc = weights.read_metadata(path.parent if path.is_file() else path)
     if doc.get("format") == weights.OWN_FORMAT:
         steps = doc.get("step")
-        return f"{path} (gpt2core checkpoint{f', {steps} training steps' if steps else ''})"
-    return f"{path} (Hugging Face GPT-2 checkpoint)"
+        return f"{shown or path} (gpt2core checkpoint{f', {steps} training steps' if steps else ''})"
+    return f"{shown or path} (Hugging Face GPT-2 checkpoint)"
 
 
 def build_registry(weights_arg: str | None = None, progress=None) -> ModelRegistry:
@@ -110,7 +111,8 @@ def build_registry(weights_arg: str | None = None, progress=None) -> ModelRegist
     if (BUNDLED_DIR / weights.WEIGHTS_FILE).is_file():
         doc = weights.read_metadata(BUNDLED_DIR)
         registry.add(ModelEntry(doc.get("display_name", "shakespeare (bundled)"), load(BUNDLED_DIR),
-                                describe_source(BUNDLED_DIR), card=doc))
+                                describe_source(BUNDLED_DIR, "checkpoints/shakespeare, bundled with the app"),
+                                card=doc))
     else:
         registry.add(ModelEntry(RANDOM_NAME, random_model(), "random initialisation (seed 0), untrained",
                                 trained=False))
