@@ -49,8 +49,13 @@ def top_k_mask(logits: torch.Tensor, k: int | None) -> torch.Tensor:
     """Boolean mask of the tokens kept by top-k: exactly k (ties broken by index)."""
     if not k or k >= logits.size(-1):
         return torch.ones_like(logits, dtype=torch.bool)
-    idx = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., :k]
-    return torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, idx, True)
+    # The same set as the first k of a stable descending sort, without sorting 50,257 values
+    # (5 ms a call here): everything above the k-th value, then ties at it in index order.
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]                    # (..., 1)
+    above = logits > kth
+    ties = logits == kth
+    room = k - above.sum(-1, keepdim=True)                                   # ties still to keep
+    return above | (ties & (ties.cumsum(-1) <= room))
 
 
 def top_p_mask(logits: torch.Tensor, p: float | None) -> torch.Tensor:

@@ -286,3 +286,17 @@ def test_valid_edge_settings():
     SamplingSettings(temperature=0, top_k=0, top_p=1.0)
     SamplingSettings(temperature=2, top_k=1, top_p=1e-6)
     assert SamplingSettings(temperature=0).greedy and not SamplingSettings(temperature=0.5).greedy
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 7, 50])
+def test_top_k_mask_equals_a_stable_sort_with_ties(k):
+    """The first k of a stable descending sort: ties at the k-th value are kept in index order."""
+    from gpt2core.sampling import top_k_mask
+    g = torch.Generator().manual_seed(k)
+    logits = torch.randint(-3, 4, (4, 200), generator=g).float()      # many ties
+    logits[0, :10] = float("-inf")
+    reference = torch.zeros_like(logits, dtype=torch.bool).scatter_(
+        -1, torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., :k], True)
+    mask = top_k_mask(logits, k)
+    assert torch.equal(mask, reference)
+    assert (mask.sum(-1) == k).all()
