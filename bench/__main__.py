@@ -67,7 +67,7 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     except OSError:
-        pass
+        cpu = "unknown CPU (no /proc/cpuinfo)"
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"Python {platform.python_version()}")
 

@@ -8,7 +8,7 @@ from typing import Iterator
 import torch
 
 from .model import GPT2, KVCache
-from .sampling import GREEDY_TEMPERATURE, check_settings, distribution, filter_logits
+from .sampling import check_settings, distribution, draw, filter_logits
 from .tokenizer import EOT_ID, token_bytes
 
 
@@ -63,12 +63,9 @@ def stream(model: GPT2, prompt_ids, max_new_tokens: int = 50, temperature: float
                 logits = model(window, last_only=True)[0, -1]                         # (V,)
             logits = logits.float()
             probs = torch.softmax(logits, -1)
-            # What sample() draws from, filtered once and used for both the draw and the report.
+            # Filtered once, for both the draw and the probability reported with it.
             sampled_probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), -1)
-            if temperature < GREEDY_TEMPERATURE:
-                token = int(logits.argmax(-1))
-            else:
-                token = int(torch.multinomial(sampled_probs.reshape(1, -1), 1, generator=generator))
+            token = int(draw(logits, sampled_probs, temperature, generator))
             top = torch.topk(probs, min(n_alternatives, probs.numel()))
         ids.append(token)
         yield Step(step, token, token_bytes(token), float(probs[token]), float(sampled_probs[token]),

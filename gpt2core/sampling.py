@@ -84,15 +84,24 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log2(p.clamp_min(1e-45))).sum(-1)
 
 
+def draw(logits: torch.Tensor, filtered_probs: torch.Tensor | None, temperature: float,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token id per row: the argmax when greedy, else a draw from ``filtered_probs``
+    (softmax of filter_logits, which a caller that also reports it computes once)."""
+    if temperature < GREEDY_TEMPERATURE:
+        return logits.argmax(-1)
+    flat = filtered_probs.reshape(-1, filtered_probs.size(-1))
+    return torch.multinomial(flat, 1, generator=generator).reshape(filtered_probs.shape[:-1])
+
+
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw one token id per row of logits (..., V) -> (...)."""
     check_settings(temperature, top_k, top_p)
     if temperature < GREEDY_TEMPERATURE:
-        return logits.argmax(-1)
-    probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
-    flat = probs.reshape(-1, probs.size(-1))
-    return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+        return draw(logits, None, temperature)
+    return draw(logits, torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1), temperature,
+                generator)
 
 
 @dataclass

@@ -141,11 +141,6 @@ def _copy_into(model: GPT2, state: dict[str, torch.Tensor]) -> GPT2:
     return model
 
 
-def load_state(model: GPT2, state: dict[str, torch.Tensor], source: str) -> GPT2:
-    """Copy ``state`` into ``model`` after checking names and shapes; errors name ``source``."""
-    return _copy_into(model, check_state(model, state, source))
-
-
 def load_hf(folder) -> GPT2:
     """Load a Hugging Face GPT-2 folder (config.json + model.safetensors)."""
     folder = Path(folder)
