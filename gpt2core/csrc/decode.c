@@ -1,0 +1,210 @@
+/* One GPT-2 decode step (a single new token against the KV cache), in C, on every core.
+ *
+ * Why: a decoded token reads every weight once (495 MB for GPT-2 124M) and does little else, so its
+ * speed is the memory bandwidth. PyTorch's matrix-vector products stream from one core here, and the
+ * ~600 small ops a token cost more than the arithmetic. This file does the whole step in one call:
+ * one OpenMP region in which the threads split each product's output columns between them.
+ *
+ * The region runs on PyTorch's own OpenMP threads: this library links libgomp.so.1, and the dynamic
+ * linker hands it the copy torch already loaded. Two thread pools on two cores would fight: torch's
+ * workers spin after each op while ours wait for the core.
+ *
+ * It is the same network as gpt2core/model.py (pre-norm blocks, tanh GELU, causal attention over the
+ * cache) at fp32; only the order of the additions differs, so logits agree to float rounding
+ * (tests/test_native.py holds it to the PyTorch model). Weights are read in place from the model's
+ * tensors: every Linear is stored (in, out), so y = b + sum_i x[i] * W[i, :] streams W row by row.
+ *
+ * Built by gpt2core/native.py with the machine's C compiler; loaded with ctypes.
+ */
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define CPU_RELAX() __builtin_ia32_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+/* Between the phases of a step the threads wait for each other dozens of times a token: a spinning
+ * barrier costs well under a microsecond, where OpenMP's own (under OMP_WAIT_POLICY=PASSIVE, as the
+ * app sets) would sleep in the kernel at each one. Sense-reversing, so it can be reused at once. */
+typedef struct {
+    atomic_int count;
+    atomic_int sense;
+} Barrier;
+
+static void barrier_wait(Barrier *b, int n_threads, int *local_sense) {
+    int s = !*local_sense;
+    *local_sense = s;
+    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == n_threads - 1) {
+        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
+        atomic_store_explicit(&b->sense, s, memory_order_release);
+    } else {
+        while (atomic_load_explicit(&b->sense, memory_order_acquire) != s)
+            CPU_RELAX();
+    }
+}
+
+static pthread_mutex_t step_mu = PTHREAD_MUTEX_INITIALIZER;   /* one step at a time per process */
+
+/* ---- kernels ------------------------------------------------------------------------------------ */
+
+/* Columns [c0, c1) of y = b + x W, W (K, N) row-major. Four rows at a time, so y (in L1/L2) is
+ * read and written once per four rows of W streamed from memory. */
+static void matvec_cols(const float *restrict x, const float *restrict W, const float *restrict b,
+                        float *restrict y, int64_t K, int64_t N, int64_t c0, int64_t c1) {
+    int64_t n = c1 - c0;
+    float *restrict yy = y + c0;
+    if (n <= 0) return;
+    if (b) memcpy(yy, b + c0, (size_t)n * sizeof(float));
+    else memset(yy, 0, (size_t)n * sizeof(float));
+    int64_t i = 0;
+    for (; i + 4 <= K; i += 4) {
+        const float a0 = x[i], a1 = x[i + 1], a2 = x[i + 2], a3 = x[i + 3];
+        const float *restrict w0 = W + i * N + c0;
+        const float *restrict w1 = w0 + N;
+        const float *restrict w2 = w1 + N;
+        const float *restrict w3 = w2 + N;
+        for (int64_t c = 0; c < n; c++)
+            yy[c] += a0 * w0[c] + a1 * w1[c] + a2 * w2[c] + a3 * w3[c];
+    }
+    for (; i < K; i++) {
+        const float a = x[i];
+        const float *restrict w = W + i * N + c0;
+        for (int64_t c = 0; c < n; c++)
+            yy[c] += a * w[c];
+    }
+}
+
+static inline float gelu(float x) {
+    /* tanh approximation, as gpt2core.model.gelu */
+    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
+/* This thread's share of the columns of an N-wide output: multiples of 16 floats (a 64-byte line),
+ * so no two threads write the same line. */
+static void column_range(int64_t N, int tid, int nt, int64_t *c0, int64_t *c1) {
+    int64_t per = ((N + nt - 1) / nt + 15) / 16 * 16;
+    *c0 = tid * per < N ? tid * per : N;
+    *c1 = *c0 + per < N ? *c0 + per : N;
+}
+
+static void matvec_part(const float *x, const float *W, const float *b, float *y, int64_t K, int64_t N,
+                        int apply_gelu, int tid, int nt) {
+    int64_t c0, c1;
+    column_range(N, tid, nt, &c0, &c1);
+    matvec_cols(x, W, b, y, K, N, c0, c1);
+    if (apply_gelu)
+        for (int64_t c = c0; c < c1; c++) y[c] = gelu(y[c]);
+}
+
+static void layer_norm(const float *x, const float *w, const float *b, float *out, int64_t d, float eps) {
+    double mean = 0.0, var = 0.0;
+    for (int64_t i = 0; i < d; i++) mean += x[i];
+    mean /= (double)d;
+    for (int64_t i = 0; i < d; i++) { double c = x[i] - mean; var += c * c; }
+    var /= (double)d;   /* biased, as GPT-2's LayerNorm */
+    float m = (float)mean, r = 1.0f / sqrtf((float)var + eps);
+    for (int64_t i = 0; i < d; i++) out[i] = (x[i] - m) * r * w[i] + b[i];
+}
+
+/* Heads tid, tid + nt, ...: store this token's k and v in the cache, then attend over positions 0..pos. */
+static void attention_part(const float *qkv, float *kc, float *vc, float *z, float *sc, int64_t n_head,
+                           int64_t hs, int64_t max_len, int64_t pos, int tid, int nt) {
+    const int64_t d = n_head * hs, S = pos + 1;
+    const float scale = 1.0f / sqrtf((float)hs);
+    for (int64_t h = tid; h < n_head; h += nt) {
+        const float *q = qkv + h * hs;
+        float *K = kc + h * max_len * hs, *V = vc + h * max_len * hs;
+        memcpy(K + pos * hs, qkv + d + h * hs, (size_t)hs * sizeof(float));
+        memcpy(V + pos * hs, qkv + 2 * d + h * hs, (size_t)hs * sizeof(float));
+        float mx = -INFINITY;
+        for (int64_t s = 0; s < S; s++) {
+            const float *k = K + s * hs;
+            float dot = 0.0f;
+            for (int64_t j = 0; j < hs; j++) dot += q[j] * k[j];
+            sc[s] = dot * scale;
+            if (sc[s] > mx) mx = sc[s];
+        }
+        float sum = 0.0f;
+        for (int64_t s = 0; s < S; s++) { sc[s] = expf(sc[s] - mx); sum += sc[s]; }
+        const float inv = 1.0f / sum;
+        float *zh = z + h * hs;
+        for (int64_t j = 0; j < hs; j++) zh[j] = 0.0f;
+        for (int64_t s = 0; s < S; s++) {
+            const float pw = sc[s] * inv, *v = V + s * hs;
+            for (int64_t j = 0; j < hs; j++) zh[j] += pw * v[j];
+        }
+    }
+}
+
+/* ---- the step ------------------------------------------------------------------------------------
+ * ptrs: wte, wpe, ln_f.w, ln_f.b, head (d, vocab), then per layer
+ *       ln_1.w, ln_1.b, c_attn.W (d, 3d), c_attn.b (or NULL), attn.c_proj.W (d, d), attn.c_proj.b,
+ *       ln_2.w, ln_2.b, c_fc.W (d, 4d), c_fc.b, mlp.c_proj.W (4d, d), mlp.c_proj.b
+ * dims: n_layer, n_head, d, vocab, max_len (the cache's), threads, wte stride for a token, wte stride
+ *       for a feature (the embedding table is read as wte[token * s0 + i * s1])
+ * kc, vc: (n_layer, n_head, max_len, hs); scratch: gpt2_scratch_floats(d, max_len, threads) floats.
+ * Returns 0, or -1 if pos or token is out of range. */
+#define PER_LAYER 12
+
+int64_t gpt2_scratch_floats(int64_t d, int64_t max_len, int64_t threads) {
+    return 9 * d + threads * (2 * d + max_len);
+}
+
+int gpt2_decode_step(const float *const *ptrs, const int64_t *dims, float eps, float *kc, float *vc,
+                     int64_t pos, int64_t token, float *logits, float *scratch) {
+    const int64_t L = dims[0], nh = dims[1], d = dims[2], V = dims[3], max_len = dims[4];
+    const int64_t s0 = dims[6], s1 = dims[7], hs = d / nh;
+    int threads = (int)dims[5];
+    if (pos < 0 || pos >= max_len || token < 0 || token >= V) return -1;
+    if (threads < 1) threads = 1;
+    const float *wte = ptrs[0], *wpe = ptrs[1], *lnf_w = ptrs[2], *lnf_b = ptrs[3], *head = ptrs[4];
+    /* Shared: what one thread writes and others read. Private: each thread keeps its own copy of the
+     * residual stream and its LayerNorm, recomputed redundantly (d floats) rather than waited for. */
+    float *qkv = scratch, *z = qkv + 3 * d, *h = z + d, *tmp = h + 4 * d;
+    float *priv = tmp + d;
+    Barrier bar = {0, 0};
+
+    pthread_mutex_lock(&step_mu);
+    #pragma omp parallel num_threads(threads)
+    {
+        const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        int sense = 0;
+        float *x = priv + tid * (2 * d + max_len), *xn = x + d, *sc = xn + d;
+        for (int64_t i = 0; i < d; i++) x[i] = wte[token * s0 + i * s1] + wpe[pos * d + i];
+        for (int64_t l = 0; l < L; l++) {
+            const float *const *p = ptrs + 5 + l * PER_LAYER;
+            layer_norm(x, p[0], p[1], xn, d, eps);
+            matvec_part(xn, p[2], p[3], qkv, d, 3 * d, 0, tid, nt);
+            barrier_wait(&bar, nt, &sense);
+            attention_part(qkv, kc + l * nh * max_len * hs, vc + l * nh * max_len * hs, z, sc, nh, hs,
+                           max_len, pos, tid, nt);
+            barrier_wait(&bar, nt, &sense);
+            matvec_part(z, p[4], p[5], tmp, d, d, 0, tid, nt);
+            barrier_wait(&bar, nt, &sense);
+            for (int64_t i = 0; i < d; i++) x[i] += tmp[i];
+            layer_norm(x, p[6], p[7], xn, d, eps);
+            matvec_part(xn, p[8], p[9], h, d, 4 * d, 1, tid, nt);
+            barrier_wait(&bar, nt, &sense);
+            matvec_part(h, p[10], p[11], tmp, 4 * d, d, 0, tid, nt);
+            barrier_wait(&bar, nt, &sense);
+            for (int64_t i = 0; i < d; i++) x[i] += tmp[i];
+        }
+        layer_norm(x, lnf_w, lnf_b, xn, d, eps);
+        matvec_part(xn, head, NULL, logits, d, V, 0, tid, nt);
+    }
+    pthread_mutex_unlock(&step_mu);
+    return 0;
+}
+
+/* y = b + x W on every thread, for tests and the bandwidth benchmark. */
+void gpt2_matvec(const float *x, const float *W, const float *b, float *y, int64_t K, int64_t N, int threads) {
+    #pragma omp parallel num_threads(threads < 1 ? 1 : threads)
+    matvec_part(x, W, b, y, K, N, 0, omp_get_thread_num(), omp_get_num_threads());
+}

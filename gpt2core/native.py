@@ -1,0 +1,197 @@
+"""The native decode step: csrc/decode.c, built on first use with the machine's C compiler.
+
+Decoding one token reads every weight once, so it runs at the speed of memory; csrc/decode.c does the
+step in one call on every core (see its header). It is an accelerator, not a second model: it reads
+the PyTorch model's own tensors and KV cache, and ``generate.stream`` falls back to the PyTorch
+forward whenever it can't be used (no compiler, hooks active, another dtype or device, dropout on).
+
+Set ``GPT2_NATIVE=0`` to turn it off. The shared library is cached under
+``$GPT2_EXPLORER_CACHE`` (default ``~/.cache/gpt2-explorer``), keyed by the source, the compiler and
+the CPU, since it is compiled for this CPU (-march=native).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+from .hooks import capture_active
+
+SOURCE = Path(__file__).with_name("csrc") / "decode.c"
+_FLAGS = ["-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC", "-pthread", "-fopenmp"]
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_error: str | None = None   # why the library is unavailable, once a build was tried
+
+
+def enabled() -> bool:
+    return os.environ.get("GPT2_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("GPT2_EXPLORER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gpt2-explorer")
+    return Path(root)
+
+
+def _cpu_signature() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    import platform
+    return platform.machine() + platform.processor()
+
+
+def _compiler() -> str | None:
+    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cc and shutil.which(cc):
+            return cc
+    return None
+
+
+def _build() -> ctypes.CDLL:
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, _cpu_signature(), " ".join(_FLAGS)]).encode())
+    target = _cache_dir() / f"gpt2decode-{key.hexdigest()[:16]}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Build beside the target and rename: another process may be building the same file.
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            proc = subprocess.run([cc, *_FLAGS, str(SOURCE), "-o", tmp, "-lm"],
+                                  capture_output=True, text=True, timeout=120)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-2000:]}")
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(target))
+    lib.gpt2_decode_step.restype = ctypes.c_int
+    lib.gpt2_decode_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p,
+                                     ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                     ctypes.c_void_p]
+    lib.gpt2_matvec.restype = None
+    lib.gpt2_matvec.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    lib.gpt2_scratch_floats.restype = ctypes.c_int64
+    lib.gpt2_scratch_floats.argtypes = [ctypes.c_int64] * 3
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded library, building it the first time; None (see ``error()``) if it can't be."""
+    global _lib, _error
+    if _lib is not None or _error is not None:
+        return _lib
+    with _lock:
+        if _lib is None and _error is None:
+            try:
+                _lib = _build()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                _error = str(exc)
+                print(f"gpt2core: native decode unavailable, using PyTorch: {_error}", file=sys.stderr)
+    return _lib
+
+
+def error() -> str | None:
+    return _error
+
+
+def threads() -> int:
+    """Threads the step runs on: as many as torch's own ops use."""
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def matvec(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, n_threads: int | None = None) -> torch.Tensor:
+    """y = b + x @ w with the native kernel; x (K,), w (K, N) contiguous float32."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {_error}")
+    x, w = x.contiguous().float(), w.contiguous().float()
+    b = None if b is None else b.contiguous().float()
+    if w.dim() != 2 or x.shape != (w.shape[0],) or (b is not None and b.shape != (w.shape[1],)):
+        raise ValueError(f"matvec wants x (K,), w (K, N), b (N,); got {tuple(x.shape)}, {tuple(w.shape)}, "
+                         f"{None if b is None else tuple(b.shape)}")
+    y = torch.empty(w.shape[1])
+    lib.gpt2_matvec(x.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(),
+                    w.shape[0], w.shape[1], n_threads or threads())
+    return y
+
+
+class Decoder:
+    """Runs decode steps of one model against one KV cache (batch 1) in C.
+
+    Holds the pointer table of the model's tensors, so build it per generation, not per process:
+    weights replaced after it was built are not seen.
+    """
+
+    def __init__(self, model, cache, n_threads: int | None = None):
+        self.lib = library()
+        n_threads = n_threads or threads()
+        cfg = model.config
+        tensors = [model.wte.weight, model.wpe.weight, model.ln_f.weight, model.ln_f.bias,
+                   model.lm_head.weight.t()]
+        for blk in model.blocks:
+            tensors += [blk.ln_1.weight, blk.ln_1.bias, blk.attn.c_attn.weight.t(), blk.attn.c_attn.bias,
+                        blk.attn.c_proj.weight.t(), blk.attn.c_proj.bias, blk.ln_2.weight, blk.ln_2.bias,
+                        blk.mlp.c_fc.weight.t(), blk.mlp.c_fc.bias, blk.mlp.c_proj.weight.t(), blk.mlp.c_proj.bias]
+        self._tensors = [t.detach() if t is not None else None for t in tensors]   # kept alive
+        self.ptrs = torch.tensor([t.data_ptr() if t is not None else 0 for t in self._tensors], dtype=torch.int64)
+        s0, s1 = model.wte.weight.stride()
+        self.dims = torch.tensor([cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cache.max_len, n_threads,
+                                  s0, s1], dtype=torch.int64)
+        self.eps = float(cfg.layer_norm_eps)
+        self.cache = cache
+        self.scratch = torch.empty(self.lib.gpt2_scratch_floats(cfg.n_embd, cache.max_len, n_threads))
+        self.vocab = cfg.vocab_size
+
+    @staticmethod
+    def supports(model, cache) -> bool:
+        """Whether the step computes what ``model(token, kv_cache=cache)`` would (checked once per
+        generation; ``active()`` is checked every step)."""
+        if cache is None or cache.k.shape[1] != 1 or not enabled():
+            return False
+        if model.training and model.config.dropout > 0:
+            return False
+        if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+            return False
+        if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous()
+               for t in (cache.k, cache.v)):
+            return False
+        linears = [model.lm_head] + [m for blk in model.blocks
+                                     for m in (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj)]
+        if any(not lin.weight.t().is_contiguous() for lin in linears) or not model.wpe.weight.is_contiguous():
+            return False
+        return library() is not None
+
+    @staticmethod
+    def active() -> bool:
+        """False while hooks capture or edit activations: the C step has no hook points."""
+        return enabled() and not capture_active()
+
+    def step(self, token: int) -> torch.Tensor:
+        """Logits (vocab,) for ``token`` at the cache's next position; appends its keys and values."""
+        pos = self.cache.length
+        logits = torch.empty(self.vocab)
+        rc = self.lib.gpt2_decode_step(self.ptrs.data_ptr(), self.dims.data_ptr(), self.eps,
+                                       self.cache.k.data_ptr(), self.cache.v.data_ptr(), pos, int(token),
+                                       logits.data_ptr(), self.scratch.data_ptr())
+        if rc != 0:
+            raise ValueError(f"position {pos} or token {token} is outside the model's range")
+        self.cache.length += 1
+        return logits

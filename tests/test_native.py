@@ -1,0 +1,178 @@
+"""gpt2core.native: the C decode step against the PyTorch model it accelerates."""
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2core import GPT2, KVCache, capture, generate, get_config, native, stream
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no native library: {native.error()}")
+
+
+def perturbed(cfg):
+    """Random weights with LayerNorms and biases moved off (1, 0), so every parameter matters."""
+    torch.manual_seed(0)
+    m = GPT2(cfg).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "ln_" in name or name.endswith(".bias"):
+                p.add_(torch.randn_like(p) * 0.5)
+        m.wte.weight.mul_(5)
+    return m
+
+
+CONFIGS = {
+    "tiny": get_config("tiny"),
+    # no q/k/v bias, an untied head, a width that is no multiple of 16, 3 heads of 12
+    "odd": get_config("tiny", n_embd=36, n_head=3, n_layer=3, qkv_bias=False, tie_weights=False, n_ctx=40),
+}
+
+
+@pytest.mark.parametrize("K,N", [(64, 192), (36, 7), (37, 1000), (768, 50)])
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matvec_matches_torch(K, N, n_threads, bias):
+    g = torch.Generator().manual_seed(K * N)
+    x, w, b = torch.randn(K, generator=g), torch.randn(K, N, generator=g), torch.randn(N, generator=g)
+    y = native.matvec(x, w, b if bias else None, n_threads=n_threads)
+    ref = (x.double() @ w.double() + (b.double() if bias else 0)).float()
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_matvec_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match="matvec wants"):
+        native.matvec(torch.ones(3), torch.ones(4, 5))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_step_logits_and_cache_match_the_forward(name, n_threads):
+    cfg = CONFIGS[name]
+    model = perturbed(cfg)
+    ids = torch.randint(0, cfg.vocab_size, (1, 24), generator=torch.Generator().manual_seed(2))
+    prefill = 5
+    with torch.no_grad():
+        full = model(ids)[0]                                                    # (T, V)
+        ref_cache = KVCache(cfg, 1)
+        model(ids, kv_cache=ref_cache)
+        cache = KVCache(cfg, 1)
+        model(ids[:, :prefill], kv_cache=cache)
+    assert native.Decoder.supports(model, cache)
+    dec = native.Decoder(model, cache, n_threads=n_threads)
+    for t in range(prefill, ids.shape[1]):
+        logits = dec.step(int(ids[0, t]))
+        torch.testing.assert_close(logits, full[t], rtol=1e-5, atol=2e-5)
+    assert cache.length == ids.shape[1] == ref_cache.length
+    n = ids.shape[1]
+    torch.testing.assert_close(cache.k[:, :, :, :n], ref_cache.k[:, :, :, :n], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.v[:, :, :, :n], ref_cache.v[:, :, :, :n], rtol=1e-5, atol=1e-5)
+
+
+def test_step_refuses_a_full_cache():
+    cfg = CONFIGS["odd"]
+    model = perturbed(cfg)
+    cache = KVCache(cfg, 1, max_len=3)
+    dec = native.Decoder(model, cache)
+    for token in (1, 2, 3):
+        dec.step(token)
+    with pytest.raises(ValueError, match="outside"):
+        dec.step(4)
+    with pytest.raises(ValueError, match="outside"):
+        native.Decoder(model, KVCache(cfg, 1)).step(cfg.vocab_size)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_generation_is_the_same_with_and_without_the_native_step(name, monkeypatch):
+    model = perturbed(CONFIGS[name])
+    prompt = [11, 22, 33, 44]
+    fast = generate(model, prompt, 30, temperature=0.0, stop_at_eot=False)
+    fast_steps = list(stream(model, prompt, 12, temperature=0.8, top_k=50, seed=3, stop_at_eot=False))
+    monkeypatch.setenv("GPT2_NATIVE", "0")
+    assert not native.Decoder.supports(model, KVCache(model.config, 1))
+    assert fast == generate(model, prompt, 30, temperature=0.0, stop_at_eot=False)
+    slow_steps = list(stream(model, prompt, 12, temperature=0.8, top_k=50, seed=3, stop_at_eot=False))
+    assert [s.token_id for s in fast_steps] == [s.token_id for s in slow_steps]
+    for a, b in zip(fast_steps, slow_steps):
+        assert a.prob == pytest.approx(b.prob, rel=1e-4, abs=1e-7)
+        assert a.sampled_prob == pytest.approx(b.sampled_prob, rel=1e-4, abs=1e-7)
+
+
+def test_generation_uses_the_native_step(monkeypatch):
+    model = perturbed(CONFIGS["tiny"])
+    calls = []
+    real = native.Decoder.step
+    monkeypatch.setattr(native.Decoder, "step", lambda self, token: calls.append(token) or real(self, token))
+    out = generate(model, [1, 2, 3], 6, temperature=0.0, stop_at_eot=False)
+    assert calls == out[:-1]   # the prompt goes through the PyTorch forward, each new token through C
+
+
+def test_hooks_see_every_step_while_capturing(monkeypatch):
+    """The C step has no hook points, so under capture generation runs the PyTorch forward."""
+    model = perturbed(CONFIGS["tiny"])
+    monkeypatch.setattr(native.Decoder, "step", lambda self, token: pytest.fail("native step under capture"))
+    seen = []
+    with capture([], hooks={"blocks.0.attn.hook_pattern": lambda t, n: seen.append(tuple(t.shape))}):
+        generate(model, [1, 2, 3], 4, temperature=0.0, stop_at_eot=False)
+    nh = model.config.n_head
+    assert seen == [(1, nh, 3, 3), (1, nh, 1, 4), (1, nh, 1, 5), (1, nh, 1, 6)]
+
+
+def test_unsupported_models_fall_back():
+    cfg = CONFIGS["tiny"]
+    model = perturbed(cfg)
+    assert not native.Decoder.supports(model, None)
+    assert not native.Decoder.supports(model, KVCache(cfg, 2))                     # batch of 2
+    assert not native.Decoder.supports(model, KVCache(cfg, 1, dtype=torch.float64))
+    assert not native.Decoder.supports(model.double(), KVCache(cfg, 1, dtype=torch.float64))
+    with_dropout = perturbed(get_config("tiny", dropout=0.1)).train()
+    assert not native.Decoder.supports(with_dropout, KVCache(cfg, 1))
+    assert native.Decoder.supports(with_dropout.eval(), KVCache(cfg, 1))
+
+
+def test_no_compiler_means_pytorch(monkeypatch):
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_error", None)
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    assert native.library() is None
+    assert "no C compiler" in native.error()
+    model = perturbed(CONFIGS["tiny"])
+    assert not native.Decoder.supports(model, KVCache(model.config, 1))
+    assert len(generate(model, [1, 2], 5, temperature=0.0, stop_at_eot=False)) == 5
+
+
+def test_a_failed_build_is_reported(monkeypatch, tmp_path):
+    bad = tmp_path / "decode.c"
+    bad.write_text("this is not C\n")
+    monkeypatch.setattr(native, "SOURCE", bad)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_error", None)
+    monkeypatch.setenv("GPT2_EXPLORER_CACHE", str(tmp_path / "cache"))
+    assert native.library() is None
+    assert "failed" in native.error()
+    assert not list((tmp_path / "cache").glob("*.so"))   # no half-built library left behind
+
+
+def test_concurrent_generations_do_not_mix():
+    model = perturbed(CONFIGS["tiny"])
+    prompts = [[i, i + 1, i + 2] for i in range(0, 40, 5)]
+    expected = [generate(model, p, 20, temperature=0.0, stop_at_eot=False) for p in prompts]
+    results = {}
+
+    def run(i):
+        results[i] = generate(model, prompts[i], 20, temperature=0.0, stop_at_eot=False)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(len(prompts))] == expected
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps")
+def test_one_openmp_runtime_in_the_process():
+    """The library must share torch's OpenMP threads, not bring a second pool to fight them."""
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    gomp = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(gomp) == 1, gomp
