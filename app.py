@@ -14,8 +14,14 @@ def main() -> None:
     ap.add_argument("--share", action="store_true", help="make a public gradio.live link")
     args = ap.parse_args()
 
+    import threading
+
     from explorer import build_app, build_registry
     from explorer.app import CSS
+    from gpt2core import native
+
+    # The C kernels build on first use (about 2 s, then cached): build them while the model loads.
+    threading.Thread(target=native.library, name="native-build", daemon=True).start()
 
     def progress(fraction, message):
         print(f"[{fraction:4.0%}] {message}", flush=True)

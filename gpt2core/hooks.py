@@ -43,6 +43,11 @@ class HookPoint(nn.Module):
         cap = _ACTIVE.get()
         return cap is not None and (cap.wanted(self.name) or self.name in cap.hooks)
 
+    def edits(self) -> bool:
+        """Whether the current call has a hook function here that may replace the tensor."""
+        cap = _ACTIVE.get()
+        return cap is not None and self.name in cap.hooks
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cap = _ACTIVE.get()
         if cap is None:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .config import GPT2Config, get_config
 from .hooks import ActivationCache, HookPoint, capture, name_hook_points
 
@@ -25,6 +26,10 @@ class Linear(nn.Module):
     (x @ W_stored is a plain row-major product: 7-16% faster at 64 tokens, as bench/ measures).
     ``weight`` is still the (out, in) tensor nn.Linear has, a transposed view of that storage, so
     names, shapes and state dicts are unchanged.
+
+    Without autograd (the explorer's views, generation, evaluation) the product runs in
+    gpt2core.native when it is available: same numbers to float rounding, 20% faster than MKL on
+    the head and up to 40% at 16 rows on this CPU (bench/). Training keeps torch's addmm.
     """
 
     def __init__(self, d_in: int, d_out: int, bias: bool = True):
@@ -36,7 +41,9 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.t()                                                      # (in, out)
         x2 = x.reshape(-1, self.in_features)                                    # (N, in)
-        if self.bias is None:
+        if native.inference_ready(x2, w, self.bias):
+            y = native.linear(x2, w, self.bias)                                  # (N, out)
+        elif self.bias is None:
             y = x2 @ w                                                           # (N, out)
         else:
             y = torch.addmm(self.bias, x2, w)                                    # (N, out)
@@ -61,6 +68,15 @@ class LayerNorm(nn.Module):
         self.hook_out_var = HookPoint()     # (B, T)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hooks = {"in_mean": self.hook_in_mean, "in_var": self.hook_in_var, "normalized": self.hook_normalized,
+                 "out_mean": self.hook_out_mean, "out_var": self.hook_out_var}
+        if native.layer_norm_ready(x, self.weight, self.bias) and not any(h.edits() for h in hooks.values()):
+            # One native pass gives the output and whichever statistics this call's capture records.
+            out, stats = native.layer_norm(x, self.weight, self.bias, self.eps,
+                                           [name for name, h in hooks.items() if h.wants()])
+            for name, tensor in stats.items():
+                hooks[name](tensor)
+            return out
         mean = self.hook_in_mean(x.mean(-1)).unsqueeze(-1)                         # (B, T, 1)
         var = self.hook_in_var(x.var(-1, unbiased=False)).unsqueeze(-1)             # (B, T, 1)
         x_hat = self.hook_normalized((x - mean) * torch.rsqrt(var + self.eps))     # (B, T, d)
@@ -79,8 +95,11 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 class GELU(nn.Module):
+    """gelu() above, in torch's fused kernel: one pass over (B, T, 4d) instead of eight (equal to
+    float rounding; tests/test_core_model.py)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return gelu(x)
+        return F.gelu(x, approximate="tanh")
 
 
 class MLP(nn.Module):

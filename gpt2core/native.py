@@ -1,6 +1,6 @@
-"""The native decode step: csrc/decode.c, built on first use with the machine's C compiler.
+"""The native decode step: csrc/kernels.c, built on first use with the machine's C compiler.
 
-Decoding one token reads every weight once, so it runs at the speed of memory; csrc/decode.c does the
+Decoding one token reads every weight once, so it runs at the speed of memory; csrc/kernels.c does the
 step in one call on every core (see its header). It is an accelerator, not a second model: it reads
 the PyTorch model's own tensors and KV cache, and ``generate.stream`` falls back to the PyTorch
 forward whenever it can't be used (no compiler, hooks active, another dtype or device, dropout on).
@@ -25,7 +25,7 @@ import torch
 
 from .hooks import capture_active
 
-SOURCE = Path(__file__).with_name("csrc") / "decode.c"
+SOURCE = Path(__file__).with_name("csrc") / "kernels.c"
 _FLAGS = ["-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC", "-pthread", "-fopenmp"]
 
 _lock = threading.Lock()
@@ -88,6 +88,11 @@ def _build() -> ctypes.CDLL:
                                      ctypes.c_void_p]
     lib.gpt2_matvec.restype = None
     lib.gpt2_matvec.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    lib.gpt2_linear.restype = ctypes.c_int
+    lib.gpt2_linear.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    lib.gpt2_layer_norm.restype = None
+    lib.gpt2_layer_norm.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_float]
+                                    + [ctypes.c_void_p] * 5 + [ctypes.c_int])
     lib.gpt2_scratch_floats.restype = ctypes.c_int64
     lib.gpt2_scratch_floats.argtypes = [ctypes.c_int64] * 3
     return lib
@@ -130,6 +135,71 @@ def matvec(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, n_th
     y = torch.empty(w.shape[1])
     lib.gpt2_matvec(x.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(),
                     w.shape[0], w.shape[1], n_threads or threads())
+    return y
+
+
+def inference_ready(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> bool:
+    """Whether x (M, K) @ w (K, N) + b can run natively: float32 on the CPU, w stored (K, N), and no
+    autograd graph to record (training keeps torch's kernels, which have backward passes)."""
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)):
+        return False
+    if x.dtype != torch.float32 or w.dtype != torch.float32 or x.device.type != "cpu" or w.device.type != "cpu":
+        return False
+    if not w.is_contiguous() or (b is not None and (b.dtype != torch.float32 or b.device.type != "cpu")):
+        return False
+    # Where it wins (bench/ and tests/test_native.py's neighbours measured it): up to 64 rows, and the
+    # vocabulary-wide head at any size. Above 64 rows MKL's blocking of GPT-2's block matrices is as
+    # fast or faster.
+    if x.shape[0] > 64 and w.shape[1] < 8192:
+        return False
+    return enabled() and library() is not None
+
+
+def layer_norm_ready(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether layer_norm() can stand in for the PyTorch LayerNorm: float32 on the CPU, no autograd."""
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or b.requires_grad):
+        return False
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (x, w, b)):
+        return False
+    return enabled() and library() is not None
+
+
+def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, stats=()) -> tuple[torch.Tensor, dict]:
+    """LayerNorm over the last axis of x, and those of its statistics named in ``stats``:
+    "in_mean", "in_var" (biased), "normalized" (x_hat), "out_mean", "out_var"."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {_error}")
+    d = x.shape[-1]
+    if w.shape != (d,) or b.shape != (d,):
+        raise ValueError(f"layer_norm wants w and b of shape ({d},); got {tuple(w.shape)}, {tuple(b.shape)}")
+    x, w, b = x.contiguous(), w.contiguous(), b.contiguous()
+    out = torch.empty_like(x)
+    lead = x.shape[:-1]
+    made = {name: torch.empty(x.shape if name == "normalized" else lead) for name in stats}
+    ptr = lambda name: made[name].data_ptr() if name in made else None  # noqa: E731
+    lib.gpt2_layer_norm(x.data_ptr(), w.data_ptr(), b.data_ptr(), out.data_ptr(), x.numel() // d, d, eps,
+                        ptr("in_mean"), ptr("in_var"), ptr("normalized"), ptr("out_mean"), ptr("out_var"),
+                        threads())
+    return out, made
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, n_threads: int | None = None) -> torch.Tensor:
+    """y = b + x @ w with the native kernels; x (M, K), w (K, N), b (N,), contiguous float32."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {_error}")
+    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[0] or (b is not None and b.shape != (w.shape[1],)):
+        raise ValueError(f"linear wants x (M, K), w (K, N), b (N,); got {tuple(x.shape)}, {tuple(w.shape)}, "
+                         f"{None if b is None else tuple(b.shape)}")
+    x, w = x.contiguous().float(), w.contiguous().float()
+    b = None if b is None else b.contiguous().float()
+    if x.shape[0] == 1:   # one row: the memory-bound product, split by columns
+        return matvec(x[0], w, b, n_threads).unsqueeze(0)
+    y = torch.empty(x.shape[0], w.shape[1])
+    if lib.gpt2_linear(x.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(),
+                       x.shape[0], x.shape[1], w.shape[1], n_threads or threads()) != 0:
+        raise MemoryError("native linear: out of memory for its packing buffer")
     return y
 
 

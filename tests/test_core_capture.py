@@ -457,3 +457,16 @@ def test_last_only_capture_keeps_every_position_in_the_hooks():
     assert set(last) == set(full)
     for name in full:
         torch.testing.assert_close(last[name], full[name], rtol=0, atol=0, msg=name)
+
+
+# ---- edits -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("hook", ["hook_normalized", "hook_in_mean", "hook_in_var"])
+def test_a_hook_that_edits_layer_norm_statistics_changes_the_output(model, ids, hook):
+    """LayerNorm's fused path has no x_hat to edit, so an editing hook takes the written-out one."""
+    name = f"blocks.0.ln_1.{hook}"
+    logits, _ = model.run_with_cache(ids, names=[])
+    same, _ = model.run_with_cache(ids, names=[], hooks={name: lambda t, n: None})   # observes only
+    edited, _ = model.run_with_cache(ids, names=[], hooks={name: lambda t, n: t * 2})
+    torch.testing.assert_close(same, logits, rtol=1e-5, atol=1e-5)
+    assert (edited - logits).abs().max() > 1e-3

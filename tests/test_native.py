@@ -40,6 +40,58 @@ def test_matvec_matches_torch(K, N, n_threads, bias):
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("M,K,N", [(2, 64, 192), (7, 300, 37), (16, 768, 50), (65, 37, 1000), (13, 600, 16)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_matches_torch(M, K, N, n_threads, bias):
+    """Row blocks of 6 with a remainder, k blocks of 256 with a remainder, 16-column panels and a tail."""
+    g = torch.Generator().manual_seed(M * K * N)
+    x, w, b = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g), torch.randn(N, generator=g)
+    y = native.linear(x, w, b if bias else None, n_threads=n_threads)
+    ref = (x.double() @ w.double() + (b.double() if bias else 0)).float()
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_linear_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match="linear wants"):
+        native.linear(torch.ones(2, 3), torch.ones(4, 5))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 64), (2, 5, 36), (3, 768)])
+def test_layer_norm_and_its_statistics(shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=g) * 3 + 1
+    d = shape[-1]
+    w, b = torch.randn(d, generator=g), torch.randn(d, generator=g)
+    out, stats = native.layer_norm(x, w, b, 1e-5, ["in_mean", "in_var", "normalized", "out_mean", "out_var"])
+    torch.testing.assert_close(out, torch.nn.functional.layer_norm(x, (d,), w, b, 1e-5), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats["in_mean"], x.mean(-1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats["in_var"], x.var(-1, unbiased=False), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats["normalized"], torch.nn.functional.layer_norm(x, (d,), eps=1e-5),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats["out_mean"], out.mean(-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stats["out_var"], out.var(-1, unbiased=False), rtol=1e-5, atol=1e-5)
+    only_out, none = native.layer_norm(x, w, b, 1e-5)
+    assert none == {} and torch.equal(only_out, out)
+
+
+def test_modules_use_native_kernels_only_without_autograd(monkeypatch):
+    model = perturbed(CONFIGS["tiny"])
+    calls = []
+    for name in ("linear", "layer_norm"):
+        real = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        fast = model(ids)
+    L = model.config.n_layer
+    assert calls.count("linear") == 4 * L + 1 and calls.count("layer_norm") == 2 * L + 1
+    calls.clear()
+    slow = model(ids)          # grad enabled, parameters require grad: torch's kernels, with backward
+    assert calls == [] and slow.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
+
+
 def test_matvec_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="matvec wants"):
         native.matvec(torch.ones(3), torch.ones(4, 5))
@@ -142,7 +194,7 @@ def test_no_compiler_means_pytorch(monkeypatch):
 
 
 def test_a_failed_build_is_reported(monkeypatch, tmp_path):
-    bad = tmp_path / "decode.c"
+    bad = tmp_path / "kernels.c"
     bad.write_text("this is not C\n")
     monkeypatch.setattr(native, "SOURCE", bad)
     monkeypatch.setattr(native, "_lib", None)

@@ -22,6 +22,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -207,4 +208,145 @@ int gpt2_decode_step(const float *const *ptrs, const int64_t *dims, float eps, f
 void gpt2_matvec(const float *x, const float *W, const float *b, float *y, int64_t K, int64_t N, int threads) {
     #pragma omp parallel num_threads(threads < 1 ? 1 : threads)
     matvec_part(x, W, b, y, K, N, 0, omp_get_thread_num(), omp_get_num_threads());
+}
+
+/* ---- matrix products for prompts (M > 1 rows) ------------------------------------------------------
+ * Y (M, N) = b + X (M, K) W (K, N), all row-major. MKL's sgemm runs well below what this CPU (AMD,
+ * AVX2) does for some of GPT-2's shapes, at 16 rows most of all (bench/ measures it). This is the
+ * classic register-blocked kernel: a 6 x 16 block of Y lives in twelve 8-wide registers while k runs
+ * over K, one broadcast of X and two loads of W per k. X is packed k-major, 6 rows at a time, so the
+ * kernel reads it as one stream (rows of 3072 floats are 12 KiB apart, and would alias in L1).
+ * Threads take disjoint 16-column panels of W; a group of row blocks passes over each panel while it
+ * is in L2, so W is read from memory once per group. */
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+
+#define NR 16
+#define MR 6
+#define KC 256
+
+/* One 6 x 16 tile over kc values of k. The first k block starts from the bias; later ones from Y. */
+static inline __attribute__((always_inline)) void gemm_block(int mr, const float *restrict Xp, int64_t kc,
+                                                              const float *restrict W, int64_t ldw,
+                                                              const float *restrict b, int first,
+                                                              float *restrict Y, int64_t ldy) {
+    v8f acc[MR][2];
+    if (first) {
+        v8f b0 = {0}, b1 = {0};
+        if (b) { b0 = *(const v8f *)b; b1 = *(const v8f *)(b + 8); }
+        for (int r = 0; r < mr; r++) { acc[r][0] = b0; acc[r][1] = b1; }
+    } else {
+        for (int r = 0; r < mr; r++) { acc[r][0] = *(v8f *)(Y + r * ldy); acc[r][1] = *(v8f *)(Y + r * ldy + 8); }
+    }
+    for (int64_t k = 0; k < kc; k++) {
+        const v8f w0 = *(const v8f *)(W + k * ldw), w1 = *(const v8f *)(W + k * ldw + 8);
+        for (int r = 0; r < mr; r++) {
+            const float xv = Xp[k * MR + r];
+            acc[r][0] += xv * w0;
+            acc[r][1] += xv * w1;
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        *(v8f *)(Y + r * ldy) = acc[r][0];
+        *(v8f *)(Y + r * ldy + 8) = acc[r][1];
+    }
+}
+
+static void gemm_tile(int mr, const float *Xp, int64_t kc, const float *W, int64_t ldw, const float *b, int first,
+                      float *Y, int64_t ldy) {
+    switch (mr) {   /* a constant mr per case, so the row loops unroll */
+        case 6: gemm_block(6, Xp, kc, W, ldw, b, first, Y, ldy); break;
+        case 5: gemm_block(5, Xp, kc, W, ldw, b, first, Y, ldy); break;
+        case 4: gemm_block(4, Xp, kc, W, ldw, b, first, Y, ldy); break;
+        case 3: gemm_block(3, Xp, kc, W, ldw, b, first, Y, ldy); break;
+        case 2: gemm_block(2, Xp, kc, W, ldw, b, first, Y, ldy); break;
+        default: gemm_block(1, Xp, kc, W, ldw, b, first, Y, ldy); break;
+    }
+}
+
+/* Returns 0, or -1 if the packing buffers could not be allocated. */
+int gpt2_linear(const float *X, const float *W, const float *b, float *Y, int64_t M, int64_t K, int64_t N,
+                int threads) {
+    const int64_t panels = N / NR, tail = panels * NR;
+    const int64_t blocks = (M + MR - 1) / MR, n_kb = (K + KC - 1) / KC;
+    if (threads < 1) threads = 1;
+    /* X packed once for everyone: [k block][row block][k][MR], zero-padded to whole row blocks. */
+    float *Xp = calloc((size_t)(blocks * MR * n_kb * KC), sizeof(float));
+    float *Wp_all = malloc((size_t)threads * KC * NR * sizeof(float));
+    if (!Xp || !Wp_all) { free(Xp); free(Wp_all); return -1; }
+    #pragma omp parallel num_threads(threads)
+    {
+        const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        for (int64_t ib = tid; ib < blocks; ib += nt)
+            for (int64_t kb = 0; kb < n_kb; kb++) {
+                float *dst = Xp + (kb * blocks + ib) * KC * MR;
+                const int64_t k0 = kb * KC, kc = K - k0 < KC ? K - k0 : KC;
+                for (int64_t r = 0; r < MR && ib * MR + r < M; r++) {
+                    const float *src = X + (ib * MR + r) * K + k0;
+                    for (int64_t k = 0; k < kc; k++) dst[k * MR + r] = src[k];
+                }
+            }
+        #pragma omp barrier
+        /* W panel by panel: each (KC x 16) slice is copied once into a contiguous buffer, which every
+         * row block then reads from L1. Rows of W are N floats apart (201 KB for the head): read in
+         * place, each of them would be a TLB miss for every row block, and they crowd a few L2 sets. */
+        float *Wp = Wp_all + tid * KC * NR;
+        const int64_t p0 = panels * tid / nt, p1 = panels * (tid + 1) / nt;
+        for (int64_t p = p0; p < p1; p++)
+            for (int64_t kb = 0; kb < n_kb; kb++) {
+                const int64_t k0 = kb * KC, kc = K - k0 < KC ? K - k0 : KC;
+                for (int64_t k = 0; k < kc; k++)
+                    memcpy(Wp + k * NR, W + (k0 + k) * N + p * NR, NR * sizeof(float));
+                for (int64_t ib = 0; ib < blocks; ib++)
+                    gemm_tile(M - ib * MR < MR ? (int)(M - ib * MR) : MR, Xp + (kb * blocks + ib) * KC * MR, kc,
+                              Wp, NR, b ? b + p * NR : NULL, kb == 0, Y + ib * MR * N + p * NR, N);
+            }
+        if (tid == nt - 1 && tail < N) {   /* the last N % 16 columns, one at a time */
+            for (int64_t i = 0; i < M; i++)
+                for (int64_t c = tail; c < N; c++) {
+                    float acc = b ? b[c] : 0.0f;
+                    for (int64_t k = 0; k < K; k++) acc += X[i * K + k] * W[k * N + c];
+                    Y[i * N + c] = acc;
+                }
+        }
+    }
+    free(Xp);
+    free(Wp_all);
+    return 0;
+}
+
+/* ---- LayerNorm with its statistics ------------------------------------------------------------------
+ * out = (x - mean) / sqrt(var + eps) * w + b over rows of d, and, where the pointer is not NULL, what
+ * the explorer shows of it: the input's mean and (biased) variance, x_hat, and the output's mean and
+ * variance. One visit to each row while it is in L1, where torch needs a pass over the whole tensor
+ * per statistic. Means and variances are accumulated in double. */
+void gpt2_layer_norm(const float *x, const float *w, const float *b, float *out, int64_t rows, int64_t d,
+                     float eps, float *in_mean, float *in_var, float *normalized, float *out_mean,
+                     float *out_var, int threads) {
+    #pragma omp parallel for num_threads(threads < 1 ? 1 : threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * d;
+        float *o = out + r * d;
+        double mean = 0.0, var = 0.0;
+        for (int64_t i = 0; i < d; i++) mean += xr[i];
+        mean /= (double)d;
+        for (int64_t i = 0; i < d; i++) { const double c = xr[i] - mean; var += c * c; }
+        var /= (double)d;
+        const float m = (float)mean, rstd = 1.0f / sqrtf((float)var + eps);
+        double osum = 0.0;
+        for (int64_t i = 0; i < d; i++) {
+            const float xh = (xr[i] - m) * rstd;
+            if (normalized) normalized[r * d + i] = xh;
+            o[i] = xh * w[i] + b[i];
+            osum += o[i];
+        }
+        if (in_mean) in_mean[r] = m;
+        if (in_var) in_var[r] = (float)var;
+        const double omean = osum / (double)d;
+        if (out_mean) out_mean[r] = (float)omean;
+        if (out_var) {
+            double ov = 0.0;
+            for (int64_t i = 0; i < d; i++) { const double c = o[i] - omean; ov += c * c; }
+            out_var[r] = (float)(ov / (double)d);
+        }
+    }
 }
