@@ -20,7 +20,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import torch
+# As the app does (explorer/__init__.py), before torch starts OpenMP: idle workers sleep rather than
+# spin. `OMP_WAIT_POLICY=ACTIVE python -m bench ...` measures the other setting.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,22 +56,18 @@ def interleaved(fns: dict, runs: int, warmup: int = 1) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def memory_bandwidth(n_bytes: int = 1 << 30, runs: int = 5) -> tuple[float, str]:
-    """The best read rate measured over a buffer far larger than the caches, and how each method did.
-
-    Two readers: torch's sum, and gpt2core's native matrix-vector product over the buffer seen as a
-    (rows, 8192) matrix (it reads each byte once, on every core). The limit is the faster of the two,
-    so a decoder near it is near what this machine's memory gives.
-    """
+def bandwidth_readers(n_bytes: int = 1 << 30) -> dict:
+    """Functions that each read n_bytes from a buffer far larger than the caches: torch's sum, and
+    gpt2core's native matrix-vector product over the buffer seen as a (rows, 8192) matrix (it reads
+    each byte once, on every core). The limit is the faster of the two, so a decoder near it is near
+    what this machine's memory gives."""
     from gpt2core import native
     x = torch.ones(n_bytes // 4, dtype=torch.float32)
-    rates = {"torch sum": n_bytes / median_time(lambda: x.sum(), runs)}
+    readers = {"bw: torch sum": lambda: x.sum()}
     if native.library() is not None:
         w, v = x.view(-1, 8192), torch.ones(8192)
-        native.matvec(v, w)
-        rates["native matvec"] = n_bytes / median_time(lambda: native.matvec(v, w), runs)
-    detail = ", ".join(f"{k} {r / 1e9:.1f}" for k, r in rates.items())
-    return max(rates.values()), detail
+        readers["bw: native matvec"] = lambda: native.matvec(v, w)
+    return readers
 
 
 def machine() -> str:
@@ -79,8 +79,8 @@ def machine() -> str:
                 break
     except OSError:
         cpu = "unknown CPU (no /proc/cpuinfo)"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}")
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}), Python {platform.python_version()}")
 
 
 class Pair:
@@ -109,8 +109,12 @@ def bench_decode(pair: Pair, runs: int, prompt_len: int = 16, new: int = 64) -> 
     def ours():
         generate(pair.ours, prompt, new, temperature=0.0, stop_at_eot=False)
 
-    t = interleaved({"hf": hf, "ours": ours}, runs)
-    bw, detail = memory_bandwidth()
+    # The bandwidth is read between the decodes, so both see the machine in the same state.
+    readers = bandwidth_readers()
+    t = interleaved({"hf": hf, "ours": ours, **readers}, runs)
+    rates = {k.removeprefix("bw: "): (1 << 30) / t[k] for k in readers}
+    bw = max(rates.values())
+    detail = ", ".join(f"{k} {r / 1e9:.1f}" for k, r in rates.items())
     limit = bw / pair.weight_bytes
     ours_tps, hf_tps = new / t["ours"], new / t["hf"]
     return [
