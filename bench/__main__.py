@@ -65,7 +65,8 @@ def bandwidth_readers(n_bytes: int = 1 << 30) -> dict:
     x = torch.ones(n_bytes // 4, dtype=torch.float32)
     readers = {"bw: torch sum": lambda: x.sum()}
     if native.library() is not None:
-        w, v = x.view(-1, 8192), torch.ones(8192)
+        w = x.view(-1, 8192)
+        v = torch.ones(w.shape[0])
         readers["bw: native matvec"] = lambda: native.matvec(v, w)
     return readers
 
