@@ -30,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gpt2core import GPT2, KVCache, generate, load_hf  # noqa: E402
+from gpt2core import GPT2, KVCache, generate, load_hf, native  # noqa: E402
+
+native.retain_freed_memory()   # as the app does (explorer/__init__.py); HF runs under it too
 
 
 def median_time(fn, runs: int) -> float:

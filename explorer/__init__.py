@@ -8,6 +8,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # ops 10x slower under load. Takes effect only if torch has not been imported yet (app.py, tests).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from gpt2core import native  # noqa: E402
+
+# Requests reuse freed activation memory instead of faulting in fresh pages each time.
+native.retain_freed_memory()
+
 from .app import build_app  # noqa: E402
 from .session import build_registry  # noqa: E402
 

@@ -228,3 +228,8 @@ def test_one_openmp_runtime_in_the_process():
     maps = Path("/proc/self/maps").read_text().splitlines()
     gomp = {line.split()[-1] for line in maps if "libgomp" in line}
     assert len(gomp) == 1, gomp
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="glibc's mallopt, on Linux")
+def test_retain_freed_memory_is_accepted_by_glibc():
+    assert native.retain_freed_memory() is True

@@ -223,6 +223,7 @@ typedef float v8f __attribute__((vector_size(32), aligned(4)));
 #define NR 16
 #define MR 6
 #define KC 256
+#define GP 16   /* panels packed together */
 
 /* One 6 x 16 tile over kc values of k. The first k block starts from the bias; later ones from Y. */
 static inline __attribute__((always_inline)) void gemm_block(int mr, const float *restrict Xp, int64_t kc,
@@ -271,7 +272,7 @@ int gpt2_linear(const float *X, const float *W, const float *b, float *Y, int64_
     if (threads < 1) threads = 1;
     /* X packed once for everyone: [k block][row block][k][MR], zero-padded to whole row blocks. */
     float *Xp = calloc((size_t)(blocks * MR * n_kb * KC), sizeof(float));
-    float *Wp_all = malloc((size_t)threads * KC * NR * sizeof(float));
+    float *Wp_all = malloc((size_t)threads * KC * NR * GP * sizeof(float));
     if (!Xp || !Wp_all) { free(Xp); free(Wp_all); return -1; }
     #pragma omp parallel num_threads(threads)
     {
@@ -286,20 +287,31 @@ int gpt2_linear(const float *X, const float *W, const float *b, float *Y, int64_
                 }
             }
         #pragma omp barrier
-        /* W panel by panel: each (KC x 16) slice is copied once into a contiguous buffer, which every
-         * row block then reads from L1. Rows of W are N floats apart (201 KB for the head): read in
-         * place, each of them would be a TLB miss for every row block, and they crowd a few L2 sets. */
-        float *Wp = Wp_all + tid * KC * NR;
+        /* W a group of GP panels at a time: each (KC x 16 GP) slice is copied once into a contiguous
+         * buffer, panel after panel, which every row block then reads from L2/L1. Rows of W are N
+         * floats apart (201 KB for the head): read in place, each 64-byte piece of a row would be a
+         * separate miss, and a 3072-row panel 3 KiB apart crowds into a few L2 sets. Copying 16 GP
+         * columns of a row at once reads 1 KiB contiguous, which the prefetchers keep streaming. */
+        float *Wp = Wp_all + tid * KC * NR * GP;
         const int64_t p0 = panels * tid / nt, p1 = panels * (tid + 1) / nt;
-        for (int64_t p = p0; p < p1; p++)
+        for (int64_t pg = p0; pg < p1; pg += GP) {
+            const int64_t np = p1 - pg < GP ? p1 - pg : GP;
             for (int64_t kb = 0; kb < n_kb; kb++) {
                 const int64_t k0 = kb * KC, kc = K - k0 < KC ? K - k0 : KC;
-                for (int64_t k = 0; k < kc; k++)
-                    memcpy(Wp + k * NR, W + (k0 + k) * N + p * NR, NR * sizeof(float));
-                for (int64_t ib = 0; ib < blocks; ib++)
-                    gemm_tile(M - ib * MR < MR ? (int)(M - ib * MR) : MR, Xp + (kb * blocks + ib) * KC * MR, kc,
-                              Wp, NR, b ? b + p * NR : NULL, kb == 0, Y + ib * MR * N + p * NR, N);
+                for (int64_t k = 0; k < kc; k++) {
+                    const float *src = W + (k0 + k) * N + pg * NR;
+                    for (int64_t j = 0; j < np; j++)
+                        memcpy(Wp + (j * KC + k) * NR, src + j * NR, NR * sizeof(float));
+                }
+                for (int64_t j = 0; j < np; j++) {
+                    const int64_t p = pg + j;
+                    for (int64_t ib = 0; ib < blocks; ib++)
+                        gemm_tile(M - ib * MR < MR ? (int)(M - ib * MR) : MR, Xp + (kb * blocks + ib) * KC * MR,
+                                  kc, Wp + j * KC * NR, NR, b ? b + p * NR : NULL, kb == 0,
+                                  Y + ib * MR * N + p * NR, N);
+                }
             }
+        }
         if (tid == nt - 1 && tail < N) {   /* the last N % 16 columns, one at a time */
             for (int64_t i = 0; i < M; i++)
                 for (int64_t c = tail; c < N; c++) {
