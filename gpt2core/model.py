@@ -8,6 +8,7 @@ Shape key: B batch, T query tokens, S key tokens (past + T), d n_embd, nh heads,
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -95,10 +96,12 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 class GELU(nn.Module):
-    """gelu() above, in torch's fused kernel: one pass over (B, T, 4d) instead of eight (equal to
-    float rounding; tests/test_core_model.py)."""
+    """gelu() above in one pass over (B, T, 4d) instead of eight: the native kernel without autograd,
+    else torch's fused one (each equal to gelu() to float rounding; tests)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if native.elementwise_ready(x):
+            return native.gelu(x)
         return F.gelu(x, approximate="tanh")
 
 
@@ -133,6 +136,13 @@ class KVCache:
         self.length = 0
 
 
+@functools.lru_cache(maxsize=32)
+def future_mask(T: int, S: int, past: int, device) -> torch.Tensor:
+    """(T, S) bool, True where query t (at position past + t) would see a later key: the causal mask's
+    complement, made once per shape (it is read-only)."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(past).logical_not_()
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPT2Config, layer_idx: int = 0):
         super().__init__()
@@ -163,10 +173,11 @@ class CausalSelfAttention(nn.Module):
             v = kv_cache.v[self.layer_idx, :, :, :past + T]                       # (B, nh, S, hs)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         S = k.shape[2]
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))     # (B, nh, T, S)
+        # Scaling q (T x hs per head) costs less than scaling the scores (T x S); for a power-of-two
+        # head size (64 in GPT-2) the two are the same floats.
+        scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)     # (B, nh, T, S)
         if T > 1:  # a single new query sees every cached key: nothing to mask
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(past)  # (T, S)
-            scores = scores.masked_fill(~mask, float("-inf"))
+            scores.masked_fill_(future_mask(T, S, past, x.device), float("-inf"))
         scores = self.hook_attn_scores(scores)
         pattern = self.hook_pattern(F.softmax(scores, dim=-1))                    # (B, nh, T, S)
         z = self.attn_dropout(pattern) @ v                                        # (B, nh, T, hs)

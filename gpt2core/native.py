@@ -93,6 +93,8 @@ def _build() -> ctypes.CDLL:
     lib.gpt2_layer_norm.restype = None
     lib.gpt2_layer_norm.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_float]
                                     + [ctypes.c_void_p] * 5 + [ctypes.c_int])
+    lib.gpt2_gelu.restype = None
+    lib.gpt2_gelu.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     lib.gpt2_scratch_floats.restype = ctypes.c_int64
     lib.gpt2_scratch_floats.argtypes = [ctypes.c_int64] * 3
     return lib
@@ -202,6 +204,24 @@ def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, st
                         ptr("in_mean"), ptr("in_var"), ptr("normalized"), ptr("out_mean"), ptr("out_var"),
                         threads())
     return out, made
+
+
+def elementwise_ready(x: torch.Tensor) -> bool:
+    """Whether an elementwise kernel (gelu) can take x: float32 on the CPU, no autograd."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return False
+    return x.dtype == torch.float32 and x.device.type == "cpu" and enabled() and library() is not None
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh approximation, with a vectorised exp (csrc/kernels.c); equal to torch's to ~1e-7."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {_error}")
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    lib.gpt2_gelu(x.data_ptr(), y.data_ptr(), x.numel(), threads())
+    return y
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, n_threads: int | None = None) -> torch.Tensor:

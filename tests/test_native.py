@@ -233,3 +233,18 @@ def test_one_openmp_runtime_in_the_process():
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="glibc's mallopt, on Linux")
 def test_retain_freed_memory_is_accepted_by_glibc():
     assert native.retain_freed_memory() is True
+
+
+def test_gelu_matches_the_formula():
+    from gpt2core.model import gelu
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([torch.randn(10_001, generator=g) * 4, torch.linspace(-30, 30, 999),
+                   torch.tensor([0.0, 1e-8, -1e-8, 100.0, -100.0, 1e30, -1e30])])
+    y = native.gelu(x)
+    torch.testing.assert_close(y, gelu(x.double()).float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y, torch.nn.functional.gelu(x, approximate="tanh"), rtol=1e-5, atol=1e-6)
+    inf = float("inf")
+    assert native.gelu(torch.tensor([inf, -inf] * 5)).tolist() == [inf, 0.0] * 5   # the limits
+    assert torch.isnan(native.gelu(torch.tensor([float("nan")] * 9))).all()
+    strided = x[:11000].view(-1, 11)[:, :5]                                          # not contiguous
+    assert torch.equal(native.gelu(strided), native.gelu(strided.contiguous()))

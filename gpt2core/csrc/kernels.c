@@ -362,3 +362,62 @@ void gpt2_layer_norm(const float *x, const float *w, const float *b, float *out,
         }
     }
 }
+
+/* ---- GELU -------------------------------------------------------------------------------------------
+ * gelu(x) = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), computed as x / (1 + exp(-2u)),
+ * the same function (0.5 (1 + tanh u) is the logistic of 2u), with a vectorised exp: torch's tanh
+ * kernel took 2 ms for 256 x 3072 values here. exp is Cephes' expf polynomial (about 1 ulp), with its
+ * argument clamped to +-88.4, and 0 where the logistic is 0 in float. */
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+static inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
+    x = _mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    const __m256 z = _mm256_mul_ps(x, x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_add_ps(_mm256_fmadd_ps(y, z, x), _mm256_set1_ps(1.0f));
+    const __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(0x7f)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
+}
+
+static inline __m256 gelu256(__m256 x) {
+    const __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+    const __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f), _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), x3, x));
+    const __m256 a = _mm256_mul_ps(_mm256_set1_ps(-2.0f), u);
+    const __m256 y = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(a)));
+    /* Where exp(a) would overflow, the logistic is 0 (exactly, in float): so is gelu. */
+    const __m256 saturated = _mm256_cmp_ps(a, _mm256_set1_ps(88.3762626647949f), _CMP_GE_OQ);
+    return _mm256_blendv_ps(y, _mm256_and_ps(x, _mm256_set1_ps(-0.0f)), saturated);   /* +-0 */
+}
+#endif
+
+static inline float gelu_one(float x) {
+    const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+    float a = -2.0f * u;
+    if (a >= 88.3762626647949f) return copysignf(0.0f, x);   /* the logistic is 0 in float */
+    if (a < -88.3762626647949f) a = -88.3762626647949f;
+    return x / (1.0f + expf(a));
+}
+
+void gpt2_gelu(const float *x, float *y, int64_t n, int threads) {
+    const int64_t chunk = 4096;
+    #pragma omp parallel for num_threads(threads < 1 ? 1 : threads) schedule(static)
+    for (int64_t c0 = 0; c0 < n; c0 += chunk) {
+        const int64_t c1 = c0 + chunk < n ? c0 + chunk : n;
+        int64_t i = c0;
+#if defined(__AVX2__) && defined(__FMA__)
+        for (; i + 8 <= c1; i += 8)
+            _mm256_storeu_ps(y + i, gelu256(_mm256_loadu_ps(x + i)));
+#endif
+        for (; i < c1; i++) y[i] = gelu_one(x[i]);
+    }
+}
