@@ -160,7 +160,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         B, T, d = x.shape
-        q, k, v = self.c_attn(x).split(d, dim=2)                                  # 3 x (B, T, d)
+        qkv = self.c_attn(x)                                                      # (B, T, 3d)
+        if kv_cache is None and T > 1 and self._native_ok(qkv):
+            return self._native_forward(qkv)
+        q, k, v = qkv.split(d, dim=2)                                             # 3 x (B, T, d)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)              # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)              # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)              # (B, nh, T, hs)
@@ -183,6 +186,32 @@ class CausalSelfAttention(nn.Module):
         z = self.attn_dropout(pattern) @ v                                        # (B, nh, T, hs)
         z = self.hook_z(z.transpose(1, 2))                                        # (B, T, nh, hs)
         return self.resid_dropout(self.c_proj(z.reshape(B, T, d)))                # (B, T, d)
+
+    def _hooks(self):
+        return (self.hook_q, self.hook_k, self.hook_v, self.hook_attn_scores, self.hook_pattern, self.hook_z)
+
+    def _native_ok(self, qkv: torch.Tensor) -> bool:
+        """The C kernel serves a prompt without cache when no dropout is on and no hook edits."""
+        if self.training and self.attn_dropout.p > 0:
+            return False
+        return native.elementwise_ready(qkv) and not any(h.edits() for h in self._hooks())
+
+    def _native_forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The forward above in one native call, with the same hook points (the same tensors to float
+        rounding); scores and pattern are made only when a capture records them."""
+        B, T, three_d = qkv.shape
+        d, nh, hs = three_d // 3, self.n_head, self.head_dim
+        if any(h.wants() for h in self._hooks()[:3]):
+            q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in qkv.split(d, dim=2))   # (B, nh, T, hs)
+            self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        z, scores, pattern = native.attention(qkv, nh, scores=self.hook_attn_scores.wants(),
+                                              pattern=self.hook_pattern.wants())  # (B, T, d), (B, nh, T, T)
+        if scores is not None:
+            self.hook_attn_scores(scores)
+        if pattern is not None:
+            self.hook_pattern(pattern)
+        self.hook_z(z.view(B, T, nh, hs))                                         # (B, T, nh, hs)
+        return self.resid_dropout(self.c_proj(z))                                 # (B, T, d)
 
 
 class Block(nn.Module):

@@ -95,6 +95,8 @@ def _build() -> ctypes.CDLL:
                                     + [ctypes.c_void_p] * 5 + [ctypes.c_int])
     lib.gpt2_gelu.restype = None
     lib.gpt2_gelu.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    lib.gpt2_attention.restype = ctypes.c_int
+    lib.gpt2_attention.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 3 + [ctypes.c_int]
     lib.gpt2_scratch_floats.restype = ctypes.c_int64
     lib.gpt2_scratch_floats.argtypes = [ctypes.c_int64] * 3
     return lib
@@ -222,6 +224,30 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     y = torch.empty_like(x)
     lib.gpt2_gelu(x.data_ptr(), y.data_ptr(), x.numel(), threads())
     return y
+
+
+def attention(qkv: torch.Tensor, n_head: int, scores: bool = False, pattern: bool = False):
+    """Causal self-attention of a whole prompt from c_attn's output qkv (B, T, 3d), no cache.
+
+    Returns z (B, T, d) with the heads side by side, and, when asked, the scaled scores (B, nh, T, T)
+    with -inf above the diagonal and the softmax pattern (B, nh, T, T); None otherwise.
+    """
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {_error}")
+    B, T, three_d = qkv.shape
+    if three_d % (3 * n_head):
+        raise ValueError(f"attention wants qkv (B, T, 3d) with d divisible by {n_head} heads; got {tuple(qkv.shape)}")
+    d = three_d // 3
+    qkv = qkv.contiguous()
+    z = torch.empty(B, T, d)
+    sc = torch.empty(B, n_head, T, T) if scores else None
+    pt = torch.empty(B, n_head, T, T) if pattern else None
+    if lib.gpt2_attention(qkv.data_ptr(), B, T, n_head, d // n_head, z.data_ptr(),
+                          None if sc is None else sc.data_ptr(), None if pt is None else pt.data_ptr(),
+                          threads()) != 0:
+        raise MemoryError("native attention: out of memory for its score rows")
+    return z, sc, pt
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, n_threads: int | None = None) -> torch.Tensor:

@@ -308,7 +308,10 @@ def test_hook_zeroing_a_head_changes_logits(model, ids, full):
     # the stored pattern is the edited one, and the head's output is zero
     assert torch.all(cache["blocks.0.attn.hook_pattern"][1] == 0)
     assert torch.all(cache["blocks.0.attn.hook_z"][:, 1] == 0)
-    assert torch.equal(cache["blocks.0.attn.hook_pattern"][0], full[1]["blocks.0.attn.hook_pattern"][0])
+    # the other heads are untouched (an editing hook runs the PyTorch attention, the plain capture the
+    # native kernel: the same numbers to float rounding)
+    torch.testing.assert_close(cache["blocks.0.attn.hook_pattern"][0], full[1]["blocks.0.attn.hook_pattern"][0],
+                               rtol=1e-6, atol=1e-7)
     # independent: the same edit done by hand on the attention output gives the same logits
     z = full[1]["blocks.0.attn.hook_z"].clone()
     z[:, 1] = 0

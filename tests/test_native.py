@@ -248,3 +248,39 @@ def test_gelu_matches_the_formula():
     assert torch.isnan(native.gelu(torch.tensor([float("nan")] * 9))).all()
     strided = x[:11000].view(-1, 11)[:, :5]                                          # not contiguous
     assert torch.equal(native.gelu(strided), native.gelu(strided.contiguous()))
+
+
+@pytest.mark.parametrize("B,T,nh,hs", [(1, 5, 4, 16), (2, 9, 3, 12), (1, 33, 2, 64)])
+def test_attention_matches_the_formula(B, T, nh, hs):
+    d = nh * hs
+    qkv = torch.randn(B, T, 3 * d, generator=torch.Generator().manual_seed(T)) * 2
+    z, scores, pattern = native.attention(qkv, nh, scores=True, pattern=True)
+    q, k, v = (t.view(B, T, nh, hs).transpose(1, 2).double() for t in qkv.split(d, dim=2))
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    ref_scores = (q @ k.transpose(-2, -1) / hs ** 0.5).masked_fill(future, float("-inf"))
+    ref_pattern = torch.softmax(ref_scores, -1)
+    ref_z = (ref_pattern @ v).transpose(1, 2).reshape(B, T, d)
+    torch.testing.assert_close(scores, ref_scores.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pattern, ref_pattern.float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z, ref_z.float(), rtol=1e-5, atol=1e-5)
+    assert torch.isneginf(scores[..., future]).all() and (pattern[..., future] == 0).all()
+    z_only, none_s, none_p = native.attention(qkv, nh)
+    assert none_s is None and none_p is None and torch.equal(z_only, z)
+
+
+def test_attention_refuses_a_width_the_heads_do_not_divide():
+    with pytest.raises(ValueError, match="attention wants"):
+        native.attention(torch.ones(1, 3, 30), 4)
+
+
+def test_capture_records_the_same_attention_as_pytorch(monkeypatch):
+    model = perturbed(CONFIGS["odd"])
+    ids = torch.randint(0, 50257, (2, 11), generator=torch.Generator().manual_seed(4))
+    names = ["blocks.*.attn.*", "blocks.1.ln_2.*"]
+    fast_logits, fast = model.run_with_cache(ids, names=names)
+    monkeypatch.setenv("GPT2_NATIVE", "0")
+    slow_logits, slow = model.run_with_cache(ids, names=names)
+    assert set(fast) == set(slow)
+    for name in slow:
+        torch.testing.assert_close(fast[name], slow[name], rtol=1e-5, atol=2e-5, msg=name)
+    torch.testing.assert_close(fast_logits, slow_logits, rtol=1e-5, atol=2e-5)

@@ -338,18 +338,26 @@ void gpt2_layer_norm(const float *x, const float *w, const float *b, float *out,
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d;
         float *o = out + r * d;
+        /* Sums in double, in 4 lanes at a time (omp simd lets the compiler reorder them). */
         double mean = 0.0, var = 0.0;
+        #pragma omp simd reduction(+:mean)
         for (int64_t i = 0; i < d; i++) mean += xr[i];
         mean /= (double)d;
+        #pragma omp simd reduction(+:var)
         for (int64_t i = 0; i < d; i++) { const double c = xr[i] - mean; var += c * c; }
         var /= (double)d;
         const float m = (float)mean, rstd = 1.0f / sqrtf((float)var + eps);
+        float *nr = normalized ? normalized + r * d : NULL;
         double osum = 0.0;
+        #pragma omp simd reduction(+:osum)
         for (int64_t i = 0; i < d; i++) {
             const float xh = (xr[i] - m) * rstd;
-            if (normalized) normalized[r * d + i] = xh;
             o[i] = xh * w[i] + b[i];
             osum += o[i];
+        }
+        if (nr) {
+            #pragma omp simd
+            for (int64_t i = 0; i < d; i++) nr[i] = (xr[i] - m) * rstd;
         }
         if (in_mean) in_mean[r] = m;
         if (in_var) in_var[r] = (float)var;
@@ -357,6 +365,7 @@ void gpt2_layer_norm(const float *x, const float *w, const float *b, float *out,
         if (out_mean) out_mean[r] = (float)omean;
         if (out_var) {
             double ov = 0.0;
+            #pragma omp simd reduction(+:ov)
             for (int64_t i = 0; i < d; i++) { const double c = o[i] - omean; ov += c * c; }
             out_var[r] = (float)(ov / (double)d);
         }
@@ -420,4 +429,129 @@ void gpt2_gelu(const float *x, float *y, int64_t n, int threads) {
 #endif
         for (; i < c1; i++) y[i] = gelu_one(x[i]);
     }
+}
+
+/* ---- causal self-attention over a whole prompt (no cache) -------------------------------------------
+ * qkv (B, T, 3d) as c_attn writes it; z (B, T, d) with the heads side by side, as c_proj reads it, so
+ * neither the (B, nh, T, hs) transposes nor their copies are made. Where not NULL, scores (B, nh, T, T)
+ * gets the scaled dot products with -inf above the diagonal and pattern (B, nh, T, T) the softmax,
+ * which is what the explorer's attention views draw. Keys after a query are never computed. */
+int gpt2_attention(const float *qkv, int64_t B, int64_t T, int64_t nh, int64_t hs, float *z, float *scores,
+                   float *pattern, int threads) {
+    const int64_t d = nh * hs, ld = 3 * d;
+    const float scale = 1.0f / sqrtf((float)hs);
+    if (threads < 1) threads = 1;
+    const int64_t Tp = (T + 31) / 32 * 32;   /* keys padded to whole blocks of 32 */
+    /* Per thread: one row of scores, and (with AVX2) this head's keys transposed. */
+    const int64_t per_thread = Tp + hs * Tp;
+    float *rows = malloc((size_t)threads * per_thread * sizeof(float));
+    if (!rows) return -1;
+    #pragma omp parallel num_threads(threads)
+    {
+        float *row = rows + omp_get_thread_num() * per_thread, *kt = row + Tp;
+        (void)kt;
+        #pragma omp for collapse(2) schedule(static)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < nh; h++) {
+                const float *base = qkv + b * T * ld;
+                float *sc = scores ? scores + (b * nh + h) * T * T : NULL;
+                float *pt = pattern ? pattern + (b * nh + h) * T * T : NULL;
+#if defined(__AVX2__) && defined(__FMA__)
+                /* K of this head transposed, (hs, Tp): a query's scores are then 8-wide FMAs along
+                 * the keys, with no horizontal sums. Columns past T are zero. */
+                for (int64_t j = 0; j < hs; j++) {
+                    for (int64_t s = 0; s < T; s++) kt[j * Tp + s] = base[s * ld + d + h * hs + j];
+                    for (int64_t s = T; s < Tp; s++) kt[j * Tp + s] = 0.0f;
+                }
+#endif
+                for (int64_t t = 0; t < T; t++) {
+                    const float *q = base + t * ld + h * hs;
+                    float mx = -INFINITY;
+#if defined(__AVX2__) && defined(__FMA__)
+                    for (int64_t s0 = 0; s0 <= t; s0 += 32) {   /* 32 keys in four registers over all of hs */
+                        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                        for (int64_t j = 0; j < hs; j++) {
+                            const __m256 qj = _mm256_set1_ps(q[j] * scale);
+                            const float *kr = kt + j * Tp + s0;
+                            a0 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(kr), a0);
+                            a1 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(kr + 8), a1);
+                            a2 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(kr + 16), a2);
+                            a3 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(kr + 24), a3);
+                        }
+                        _mm256_storeu_ps(row + s0, a0);
+                        _mm256_storeu_ps(row + s0 + 8, a1);
+                        _mm256_storeu_ps(row + s0 + 16, a2);
+                        _mm256_storeu_ps(row + s0 + 24, a3);
+                    }
+                    for (int64_t s = 0; s <= t; s++) mx = row[s] > mx ? row[s] : mx;
+#else
+                    for (int64_t s = 0; s <= t; s++) {
+                        const float *k = base + s * ld + d + h * hs;
+                        float dot = 0.0f;
+                        #pragma omp simd reduction(+:dot)
+                        for (int64_t j = 0; j < hs; j++) dot += (q[j] * scale) * k[j];
+                        row[s] = dot;
+                        mx = dot > mx ? dot : mx;
+                    }
+#endif
+                    if (sc) {
+                        memcpy(sc + t * T, row, (size_t)(t + 1) * sizeof(float));
+                        for (int64_t s = t + 1; s < T; s++) sc[t * T + s] = -INFINITY;
+                    }
+                    int64_t s = 0;
+                    float sum = 0.0f;
+#if defined(__AVX2__) && defined(__FMA__)
+                    __m256 vsum = _mm256_setzero_ps();
+                    const __m256 vmx = _mm256_set1_ps(mx);
+                    for (; s + 8 <= t + 1; s += 8) {
+                        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(row + s), vmx));
+                        _mm256_storeu_ps(row + s, e);
+                        vsum = _mm256_add_ps(vsum, e);
+                    }
+                    float lanes[8];
+                    _mm256_storeu_ps(lanes, vsum);
+                    for (int j = 0; j < 8; j++) sum += lanes[j];
+#endif
+                    for (; s <= t; s++) { row[s] = expf(row[s] - mx); sum += row[s]; }
+                    const float inv = 1.0f / sum;
+                    float *zt = z + (b * T + t) * d + h * hs;
+                    for (int64_t s2 = 0; s2 <= t; s2++) row[s2] *= inv;   /* the pattern's row */
+                    if (pt) memcpy(pt + t * T, row, (size_t)(t + 1) * sizeof(float));
+#if defined(__AVX2__) && defined(__FMA__)
+                    if (hs == 64) {   /* GPT-2's head size: z_t in eight registers while s runs */
+                        __m256 z0 = _mm256_setzero_ps(), z1 = z0, z2 = z0, z3 = z0, z4 = z0, z5 = z0, z6 = z0, z7 = z0;
+                        for (int64_t s2 = 0; s2 <= t; s2++) {
+                            const __m256 p = _mm256_set1_ps(row[s2]);
+                            const float *v = base + s2 * ld + 2 * d + h * hs;
+                            z0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v), z0);
+                            z1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8), z1);
+                            z2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 16), z2);
+                            z3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 24), z3);
+                            z4 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 32), z4);
+                            z5 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 40), z5);
+                            z6 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 48), z6);
+                            z7 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 56), z7);
+                        }
+                        _mm256_storeu_ps(zt, z0); _mm256_storeu_ps(zt + 8, z1);
+                        _mm256_storeu_ps(zt + 16, z2); _mm256_storeu_ps(zt + 24, z3);
+                        _mm256_storeu_ps(zt + 32, z4); _mm256_storeu_ps(zt + 40, z5);
+                        _mm256_storeu_ps(zt + 48, z6); _mm256_storeu_ps(zt + 56, z7);
+                    } else
+#endif
+                    {
+                        for (int64_t j = 0; j < hs; j++) zt[j] = 0.0f;
+                        for (int64_t s2 = 0; s2 <= t; s2++) {
+                            const float p = row[s2];
+                            const float *v = base + s2 * ld + 2 * d + h * hs;
+                            #pragma omp simd
+                            for (int64_t j = 0; j < hs; j++) zt[j] += p * v[j];
+                        }
+                    }
+                    if (pt)
+                        for (int64_t s2 = t + 1; s2 < T; s2++) pt[t * T + s2] = 0.0f;
+                }
+            }
+    }
+    free(rows);
+    return 0;
 }
