@@ -189,7 +189,13 @@ registry = ModelRegistry()
 registry.add(ModelEntry("gpt2 (random)", GPT2.from_preset("gpt2"), "random"))
 demo = build_app(registry)
 logits, cache = registry.get(None).model.run_with_cache(list(range(256)))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM, the peak of this process image: ru_maxrss also counts the parent's pages at the fork before
+# exec, so under `bench all` (with both models loaded in the parent) it reported 2-3 GiB.
+try:
+    hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+    print(int(hwm[0].split()[1]))
+except (OSError, IndexError):
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
