@@ -1,7 +1,8 @@
 """Benchmarks: python -m bench [all|decode|forward|prefill|memory|coldstart|endpoints] [--runs N]
 
 Ours and HF transformers run in the same process on the same random-initialised GPT-2 124M
-weights (HF's, saved with save_pretrained and loaded into gpt2core), interleaved, median of N.
+weights (HF's, saved with save_pretrained and loaded into gpt2core), interleaved, median of N
+(times), and for the forward ratios the median of each run's ratio to its neighbour.
 Every figure is printed with its reference: HF, or the memory-bandwidth limit measured here.
 """
 from __future__ import annotations
@@ -44,8 +45,8 @@ def median_time(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def interleaved(fns: dict, runs: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each fn, alternating between them run by run."""
+def interleaved(fns: dict, runs: int, warmup: int = 1, raw: bool = False) -> dict:
+    """Median seconds of each fn, alternating between them run by run (``raw``: every run's time)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -55,7 +56,13 @@ def interleaved(fns: dict, runs: int, warmup: int = 1) -> dict[str, float]:
             t = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times if raw else {k: statistics.median(v) for k, v in times.items()}
+
+
+def paired_ratio(times: dict, a: str, b: str) -> float:
+    """Median over runs of a's time / b's time in the same run. On a machine whose speed drifts from
+    minute to minute, this compares each run with its neighbour, not with a run made in another state."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
 def bandwidth_readers(n_bytes: int = 1 << 30) -> dict:
@@ -145,16 +152,18 @@ def bench_forward(pair: Pair, runs: int, lengths=(16, 64, 256)) -> list[str]:
             with torch.no_grad():
                 pair.ours(ids, last_only=last)
 
-        t = interleaved({"hf": hf, "capture": lambda: pair.ours.run_with_cache(ids), "plain": plain,
-                         "hf_last": lambda: hf(1), "capture_last": lambda: pair.ours.run_with_cache(ids, last_only=True),
-                         "plain_last": lambda: plain(True)}, runs)
+        # In each run, every capture sits between its two references.
+        raw = interleaved({"hf": hf, "capture": lambda: pair.ours.run_with_cache(ids), "plain": plain,
+                           "hf_last": lambda: hf(1), "capture_last": lambda: pair.ours.run_with_cache(ids, last_only=True),
+                           "plain_last": lambda: plain(True)}, runs, raw=True)
+        t = {k: statistics.median(v) for k, v in raw.items()}
         for label, c, h, p in (("all logits", "capture", "hf", "plain"),
                                ("last-position logits", "capture_last", "hf_last", "plain_last")):
             lines.append(f"full-capture forward, {n} tokens, {label}: ours {t[c] * 1e3:.1f} ms, HF eager with "
-                         f"attentions+hidden states {t[h] * 1e3:.1f} ms -> {t[c] / t[h]:.2f}x HF's time; "
-                         f"ours plain {t[p] * 1e3:.1f} ms -> capture overhead {t[c] / t[p] - 1:+.1%}")
+                         f"attentions+hidden states {t[h] * 1e3:.1f} ms -> {paired_ratio(raw, c, h):.2f}x HF's time; "
+                         f"ours plain {t[p] * 1e3:.1f} ms -> capture overhead {paired_ratio(raw, c, p) - 1:+.1%}")
         lines.append(f"  the app's view (capture, last-position logits) against HF's literal call (all logits): "
-                     f"{t['capture_last'] / t['hf']:.2f}x HF's time")
+                     f"{paired_ratio(raw, 'capture_last', 'hf'):.2f}x HF's time")
     return lines
 
 
