@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import plotly.graph_objects as go
+import plotly.io as pio
+
+# Every figure starts from this template: a figure takes its default template without validating it,
+# where setting one in update_layout validates and deep-copies it (about 25 ms a figure here).
+pio.templates.default = "plotly_white"
 
 DIVERGING = "RdBu_r"      # signed values, centred on 0
 SEQUENTIAL = "Viridis"    # probabilities and other non-negative values
@@ -9,7 +14,7 @@ FONT = dict(family="Inter, system-ui, sans-serif", size=12)
 
 
 def style(fig: go.Figure, title: str | None = None, height: int | None = None) -> go.Figure:
-    fig.update_layout(template="plotly_white", font=FONT, margin=dict(l=60, r=20, t=50 if title else 20, b=50),
+    fig.update_layout(font=FONT, margin=dict(l=60, r=20, t=50 if title else 20, b=50),
                       title=dict(text=title, x=0.01, xanchor="left") if title else None)
     if height:
         fig.update_layout(height=height)
