@@ -273,10 +273,12 @@ def test_attention_refuses_a_width_the_heads_do_not_divide():
         native.attention(torch.ones(1, 3, 30), 4)
 
 
-def test_capture_records_the_same_attention_as_pytorch(monkeypatch):
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_capture_records_the_same_attention_as_pytorch(monkeypatch, n_threads):
+    monkeypatch.setattr(native, "threads", lambda: n_threads)   # the suite runs torch on one thread
     model = perturbed(CONFIGS["odd"])
     ids = torch.randint(0, 50257, (2, 11), generator=torch.Generator().manual_seed(4))
-    names = ["blocks.*.attn.*", "blocks.1.ln_2.*"]
+    names = ["blocks.*.attn.*", "blocks.1.ln_2.*", "blocks.*.mlp.*"]
     fast_logits, fast = model.run_with_cache(ids, names=names)
     monkeypatch.setenv("GPT2_NATIVE", "0")
     slow_logits, slow = model.run_with_cache(ids, names=names)
