@@ -286,3 +286,29 @@ def test_capture_records_the_same_attention_as_pytorch(monkeypatch, n_threads):
     for name in slow:
         torch.testing.assert_close(fast[name], slow[name], rtol=1e-5, atol=2e-5, msg=name)
     torch.testing.assert_close(fast_logits, slow_logits, rtol=1e-5, atol=2e-5)
+
+
+def test_the_portable_build_without_avx2(monkeypatch, tmp_path):
+    """csrc/kernels.c has AVX2 paths and plain-C ones for other CPUs; build the plain ones and check them."""
+    import platform
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("-march=x86-64 is an x86 flag")
+    flags = [f for f in native._FLAGS if not f.startswith("-march")] + ["-march=x86-64"]   # no AVX2, no FMA
+    monkeypatch.setattr(native, "_FLAGS", flags)
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_error", None)
+    monkeypatch.setenv("GPT2_EXPLORER_CACHE", str(tmp_path))
+    assert native.library() is not None, native.error()
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 7, 36, generator=g)
+    from gpt2core.model import gelu
+    torch.testing.assert_close(native.gelu(x * 4), gelu((x * 4).double()).float(), rtol=1e-5, atol=1e-6)
+    qkv = torch.randn(2, 9, 3 * 64, generator=g)
+    z, scores, pattern = native.attention(qkv, 1, scores=True, pattern=True)
+    q, k, v = (t.unsqueeze(1).double() for t in qkv.split(64, dim=2))
+    future = torch.ones(9, 9, dtype=torch.bool).triu(1)
+    ref = torch.softmax((q @ k.transpose(-2, -1) / 8).masked_fill(future, float("-inf")), -1)
+    torch.testing.assert_close(pattern, ref.float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z, (ref @ v).squeeze(1).float(), rtol=1e-5, atol=1e-5)
+    test_linear_matches_torch(7, 300, 37, 2, True)
+    test_step_logits_and_cache_match_the_forward("tiny", 2)
