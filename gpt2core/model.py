@@ -42,7 +42,7 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.t()                                                      # (in, out)
         x2 = x.reshape(-1, self.in_features)                                    # (N, in)
-        if native.inference_ready(x2, w, self.bias):
+        if native.linear_ready(x2, w, self.bias):
             y = native.linear(x2, w, self.bias)                                  # (N, out)
         elif self.bias is None:
             y = x2 @ w                                                           # (N, out)
@@ -71,7 +71,7 @@ class LayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hooks = {"in_mean": self.hook_in_mean, "in_var": self.hook_in_var, "normalized": self.hook_normalized,
                  "out_mean": self.hook_out_mean, "out_var": self.hook_out_var}
-        if native.layer_norm_ready(x, self.weight, self.bias) and not any(h.edits() for h in hooks.values()):
+        if native.ready(x, self.weight, self.bias) and not any(h.edits() for h in hooks.values()):
             # One native pass gives the output and whichever statistics this call's capture records.
             out, stats = native.layer_norm(x, self.weight, self.bias, self.eps,
                                            [name for name, h in hooks.items() if h.wants()])
@@ -100,7 +100,7 @@ class GELU(nn.Module):
     else torch's fused one (each equal to gelu() to float rounding; tests)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if native.elementwise_ready(x):
+        if native.ready(x):
             return native.gelu(x)
         return F.gelu(x, approximate="tanh")
 
@@ -194,7 +194,7 @@ class CausalSelfAttention(nn.Module):
         """The C kernel serves a prompt without cache when no dropout is on and no hook edits."""
         if self.training and self.attn_dropout.p > 0:
             return False
-        return native.elementwise_ready(qkv) and not any(h.edits() for h in self._hooks())
+        return native.ready(qkv) and not any(h.edits() for h in self._hooks())
 
     def _native_forward(self, qkv: torch.Tensor) -> torch.Tensor:
         """The forward above in one native call, with the same hook points (the same tensors to float
@@ -203,7 +203,9 @@ class CausalSelfAttention(nn.Module):
         d, nh, hs = three_d // 3, self.n_head, self.head_dim
         if any(h.wants() for h in self._hooks()[:3]):
             q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in qkv.split(d, dim=2))   # (B, nh, T, hs)
-            self.hook_q(q), self.hook_k(k), self.hook_v(v)
+            self.hook_q(q)
+            self.hook_k(k)
+            self.hook_v(v)
         z, scores, pattern = native.attention(qkv, nh, scores=self.hook_attn_scores.wants(),
                                               pattern=self.hook_pattern.wants())  # (B, T, d), (B, nh, T, T)
         if scores is not None:

@@ -1,4 +1,4 @@
-"""The native decode step: csrc/kernels.c, built on first use with the machine's C compiler.
+"""The native kernels: csrc/kernels.c, built on first use with the machine's C compiler.
 
 Decoding one token reads every weight once, so it runs at the speed of memory; csrc/kernels.c does the
 step in one call on every core (see its header). It is an accelerator, not a second model: it reads
@@ -43,14 +43,16 @@ def _cache_dir() -> Path:
 
 
 def _cpu_signature() -> str:
+    """The CPU's feature flags, which -march=native builds for."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    import platform
-    return platform.machine() + platform.processor()
+        lines = []
+    flags = next((line for line in lines if line.startswith(("flags", "Features"))), None)
+    if flags is None:
+        import platform
+        flags = platform.machine() + platform.processor()
+    return flags
 
 
 def _compiler() -> str | None:
@@ -66,7 +68,7 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), version, _cpu_signature(), " ".join(_FLAGS)]).encode())
-    target = _cache_dir() / f"gpt2decode-{key.hexdigest()[:16]}.so"
+    target = _cache_dir() / f"gpt2kernels-{key.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         # Build beside the target and rename: another process may be building the same file.
@@ -113,12 +115,20 @@ def library() -> ctypes.CDLL | None:
                 _lib = _build()
             except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
                 _error = str(exc)
-                print(f"gpt2core: native decode unavailable, using PyTorch: {_error}", file=sys.stderr)
+                print(f"gpt2core: native kernels unavailable, using PyTorch: {_error}", file=sys.stderr)
     return _lib
 
 
 def error() -> str | None:
     return _error
+
+
+def _require() -> ctypes.CDLL:
+    """The library, or a RuntimeError that says why there is none."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {_error}")
+    return lib
 
 
 def retain_freed_memory(limit: int = 1 << 30) -> bool:
@@ -151,9 +161,7 @@ def threads() -> int:
 
 def matvec(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, n_threads: int | None = None) -> torch.Tensor:
     """y = b + x @ w with the native kernel; x (K,), w (K, N) contiguous float32."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"native kernels unavailable: {_error}")
+    lib = _require()
     x, w = x.contiguous().float(), w.contiguous().float()
     b = None if b is None else b.contiguous().float()
     if w.dim() != 2 or x.shape != (w.shape[0],) or (b is not None and b.shape != (w.shape[1],)):
@@ -165,38 +173,30 @@ def matvec(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, n_th
     return y
 
 
-def inference_ready(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> bool:
-    """Whether x (M, K) @ w (K, N) + b can run natively: float32 on the CPU, w stored (K, N), and no
-    autograd graph to record (training keeps torch's kernels, which have backward passes)."""
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)):
+def ready(*tensors: torch.Tensor | None) -> bool:
+    """Whether the kernels can take these tensors (None: absent): float32 on the CPU, and no autograd
+    graph to record (training keeps torch's kernels, which have backward passes)."""
+    present = [t for t in tensors if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in present):
         return False
-    if x.dtype != torch.float32 or w.dtype != torch.float32 or x.device.type != "cpu" or w.device.type != "cpu":
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in present):
         return False
-    if not w.is_contiguous() or (b is not None and (b.dtype != torch.float32 or b.device.type != "cpu")):
-        return False
-    # Where it wins (bench/ and tests/test_native.py's neighbours measured it): up to 64 rows, and the
-    # vocabulary-wide head at any size. Above 64 rows MKL's blocking of GPT-2's block matrices is as
-    # fast or faster.
+    return enabled() and library() is not None
+
+
+def linear_ready(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> bool:
+    """Whether x (M, K) @ w (K, N) + b should run natively: ready(), w stored (K, N), and a shape where
+    the kernel wins (bench/): up to 64 rows, and the vocabulary-wide head at any size. Above 64 rows
+    MKL's blocking of GPT-2's block matrices is as fast or faster."""
     if x.shape[0] > 64 and w.shape[1] < 8192:
         return False
-    return enabled() and library() is not None
-
-
-def layer_norm_ready(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether layer_norm() can stand in for the PyTorch LayerNorm: float32 on the CPU, no autograd."""
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or b.requires_grad):
-        return False
-    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (x, w, b)):
-        return False
-    return enabled() and library() is not None
+    return w.is_contiguous() and ready(x, w, b)
 
 
 def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, stats=()) -> tuple[torch.Tensor, dict]:
     """LayerNorm over the last axis of x, and those of its statistics named in ``stats``:
     "in_mean", "in_var" (biased), "normalized" (x_hat), "out_mean", "out_var"."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"native kernels unavailable: {_error}")
+    lib = _require()
     d = x.shape[-1]
     if w.shape != (d,) or b.shape != (d,):
         raise ValueError(f"layer_norm wants w and b of shape ({d},); got {tuple(w.shape)}, {tuple(b.shape)}")
@@ -211,18 +211,9 @@ def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, st
     return out, made
 
 
-def elementwise_ready(x: torch.Tensor) -> bool:
-    """Whether an elementwise kernel (gelu) can take x: float32 on the CPU, no autograd."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return False
-    return x.dtype == torch.float32 and x.device.type == "cpu" and enabled() and library() is not None
-
-
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """GELU, tanh approximation, with a vectorised exp (csrc/kernels.c); equal to torch's to ~1e-7."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"native kernels unavailable: {_error}")
+    lib = _require()
     x = x.contiguous()
     y = torch.empty_like(x)
     lib.gpt2_gelu(x.data_ptr(), y.data_ptr(), x.numel(), threads())
@@ -235,9 +226,7 @@ def attention(qkv: torch.Tensor, n_head: int, scores: bool = False, pattern: boo
     Returns z (B, T, d) with the heads side by side, and, when asked, the scaled scores (B, nh, T, T)
     with -inf above the diagonal and the softmax pattern (B, nh, T, T); None otherwise.
     """
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"native kernels unavailable: {_error}")
+    lib = _require()
     B, T, three_d = qkv.shape
     if three_d % (3 * n_head):
         raise ValueError(f"attention wants qkv (B, T, 3d) with d divisible by {n_head} heads; got {tuple(qkv.shape)}")
@@ -255,9 +244,7 @@ def attention(qkv: torch.Tensor, n_head: int, scores: bool = False, pattern: boo
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, n_threads: int | None = None) -> torch.Tensor:
     """y = b + x @ w with the native kernels; x (M, K), w (K, N), b (N,), contiguous float32."""
-    lib = library()
-    if lib is None:
-        raise RuntimeError(f"native kernels unavailable: {_error}")
+    lib = _require()
     if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[0] or (b is not None and b.shape != (w.shape[1],)):
         raise ValueError(f"linear wants x (M, K), w (K, N), b (N,); got {tuple(x.shape)}, {tuple(w.shape)}, "
                          f"{None if b is None else tuple(b.shape)}")

@@ -24,6 +24,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #define CPU_RELAX() __builtin_ia32_pause()
@@ -52,6 +55,98 @@ static void barrier_wait(Barrier *b, int n_threads, int *local_sense) {
 }
 
 static pthread_mutex_t step_mu = PTHREAD_MUTEX_INITIALIZER;   /* one step at a time per process */
+
+/* ---- LayerNorm with its statistics ------------------------------------------------------------------
+ * out = (x - mean) / sqrt(var + eps) * w + b over a row of d, and, where the pointer is not NULL, what
+ * the explorer shows of it: the input's mean and (biased) variance, x_hat, and the output's mean and
+ * variance. One visit to the row while it is in L1, where torch needs a pass over the whole tensor
+ * per statistic. Sums in double, a few lanes at a time (omp simd lets the compiler reorder them). */
+static void layer_norm_row(const float *restrict x, const float *restrict w, const float *restrict b,
+                           float *restrict out, int64_t d, float eps, float *in_mean, float *in_var,
+                           float *restrict normalized, float *out_mean, float *out_var) {
+    double mean = 0.0, var = 0.0;
+    #pragma omp simd reduction(+:mean)
+    for (int64_t i = 0; i < d; i++) mean += x[i];
+    mean /= (double)d;
+    #pragma omp simd reduction(+:var)
+    for (int64_t i = 0; i < d; i++) { const double c = x[i] - mean; var += c * c; }
+    var /= (double)d;
+    const float m = (float)mean, rstd = 1.0f / sqrtf((float)var + eps);
+    double osum = 0.0;
+    #pragma omp simd reduction(+:osum)
+    for (int64_t i = 0; i < d; i++) {
+        const float xh = (x[i] - m) * rstd;
+        out[i] = xh * w[i] + b[i];
+        osum += out[i];
+    }
+    if (normalized) {
+        #pragma omp simd
+        for (int64_t i = 0; i < d; i++) normalized[i] = (x[i] - m) * rstd;
+    }
+    if (in_mean) *in_mean = m;
+    if (in_var) *in_var = (float)var;
+    const double omean = osum / (double)d;
+    if (out_mean) *out_mean = (float)omean;
+    if (out_var) {
+        double ov = 0.0;
+        #pragma omp simd reduction(+:ov)
+        for (int64_t i = 0; i < d; i++) { const double c = out[i] - omean; ov += c * c; }
+        *out_var = (float)(ov / (double)d);
+    }
+}
+
+/* ---- GELU -------------------------------------------------------------------------------------------
+ * gelu(x) = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), computed as x / (1 + exp(-2u)),
+ * the same function (0.5 (1 + tanh u) is the logistic of 2u), with a vectorised exp: torch's tanh
+ * kernel took 2 ms for 256 x 3072 values here. exp is Cephes' expf polynomial (about 1 ulp), with its
+ * argument clamped to +-88.4, and 0 where the logistic is 0 in float. */
+#if defined(__AVX2__) && defined(__FMA__)
+static inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
+    x = _mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    const __m256 z = _mm256_mul_ps(x, x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_add_ps(_mm256_fmadd_ps(y, z, x), _mm256_set1_ps(1.0f));
+    const __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(0x7f)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
+}
+
+static inline __m256 gelu256(__m256 x) {
+    const __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+    const __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f), _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), x3, x));
+    const __m256 a = _mm256_mul_ps(_mm256_set1_ps(-2.0f), u);
+    const __m256 y = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(a)));
+    /* Where exp(a) would overflow, the logistic is 0 (exactly, in float): so is gelu. */
+    const __m256 saturated = _mm256_cmp_ps(a, _mm256_set1_ps(88.3762626647949f), _CMP_GE_OQ);
+    return _mm256_blendv_ps(y, _mm256_and_ps(x, _mm256_set1_ps(-0.0f)), saturated);   /* +-0 */
+}
+#endif
+
+static inline float gelu_one(float x) {
+    const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+    float a = -2.0f * u;
+    if (a >= 88.3762626647949f) return copysignf(0.0f, x);   /* the logistic is 0 in float */
+    if (a < -88.3762626647949f) a = -88.3762626647949f;
+    return x / (1.0f + expf(a));
+}
+
+/* y[0..n) = gelu(x[0..n)); y may be x. */
+static void gelu_span(const float *x, float *y, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, gelu256(_mm256_loadu_ps(x + i)));
+#endif
+    for (; i < n; i++) y[i] = gelu_one(x[i]);
+}
 
 /* ---- kernels ------------------------------------------------------------------------------------ */
 
@@ -82,11 +177,6 @@ static void matvec_cols(const float *restrict x, const float *restrict W, const 
     }
 }
 
-static inline float gelu(float x) {
-    /* tanh approximation, as gpt2core.model.gelu */
-    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-}
-
 /* This thread's share of the columns of an N-wide output: multiples of 16 floats (a 64-byte line),
  * so no two threads write the same line. */
 static void column_range(int64_t N, int tid, int nt, int64_t *c0, int64_t *c1) {
@@ -101,17 +191,7 @@ static void matvec_part(const float *x, const float *W, const float *b, float *y
     column_range(N, tid, nt, &c0, &c1);
     matvec_cols(x, W, b, y, K, N, c0, c1);
     if (apply_gelu)
-        for (int64_t c = c0; c < c1; c++) y[c] = gelu(y[c]);
-}
-
-static void layer_norm(const float *x, const float *w, const float *b, float *out, int64_t d, float eps) {
-    double mean = 0.0, var = 0.0;
-    for (int64_t i = 0; i < d; i++) mean += x[i];
-    mean /= (double)d;
-    for (int64_t i = 0; i < d; i++) { double c = x[i] - mean; var += c * c; }
-    var /= (double)d;   /* biased, as GPT-2's LayerNorm */
-    float m = (float)mean, r = 1.0f / sqrtf((float)var + eps);
-    for (int64_t i = 0; i < d; i++) out[i] = (x[i] - m) * r * w[i] + b[i];
+        gelu_span(y + c0, y + c0, c1 - c0);
 }
 
 /* Heads tid, tid + nt, ...: store this token's k and v in the cache, then attend over positions 0..pos. */
@@ -181,7 +261,7 @@ int gpt2_decode_step(const float *const *ptrs, const int64_t *dims, float eps, f
         for (int64_t i = 0; i < d; i++) x[i] = wte[token * s0 + i * s1] + wpe[pos * d + i];
         for (int64_t l = 0; l < L; l++) {
             const float *const *p = ptrs + 5 + l * PER_LAYER;
-            layer_norm(x, p[0], p[1], xn, d, eps);
+            layer_norm_row(x, p[0], p[1], xn, d, eps, NULL, NULL, NULL, NULL, NULL);
             matvec_part(xn, p[2], p[3], qkv, d, 3 * d, 0, tid, nt);
             barrier_wait(&bar, nt, &sense);
             attention_part(qkv, kc + l * nh * max_len * hs, vc + l * nh * max_len * hs, z, sc, nh, hs,
@@ -190,14 +270,14 @@ int gpt2_decode_step(const float *const *ptrs, const int64_t *dims, float eps, f
             matvec_part(z, p[4], p[5], tmp, d, d, 0, tid, nt);
             barrier_wait(&bar, nt, &sense);
             for (int64_t i = 0; i < d; i++) x[i] += tmp[i];
-            layer_norm(x, p[6], p[7], xn, d, eps);
+            layer_norm_row(x, p[6], p[7], xn, d, eps, NULL, NULL, NULL, NULL, NULL);
             matvec_part(xn, p[8], p[9], h, d, 4 * d, 1, tid, nt);
             barrier_wait(&bar, nt, &sense);
             matvec_part(h, p[10], p[11], tmp, 4 * d, d, 0, tid, nt);
             barrier_wait(&bar, nt, &sense);
             for (int64_t i = 0; i < d; i++) x[i] += tmp[i];
         }
-        layer_norm(x, lnf_w, lnf_b, xn, d, eps);
+        layer_norm_row(x, lnf_w, lnf_b, xn, d, eps, NULL, NULL, NULL, NULL, NULL);
         matvec_part(xn, head, NULL, logits, d, V, 0, tid, nt);
     }
     pthread_mutex_unlock(&step_mu);
@@ -326,109 +406,22 @@ int gpt2_linear(const float *X, const float *W, const float *b, float *Y, int64_
     return 0;
 }
 
-/* ---- LayerNorm with its statistics ------------------------------------------------------------------
- * out = (x - mean) / sqrt(var + eps) * w + b over rows of d, and, where the pointer is not NULL, what
- * the explorer shows of it: the input's mean and (biased) variance, x_hat, and the output's mean and
- * variance. One visit to each row while it is in L1, where torch needs a pass over the whole tensor
- * per statistic. Means and variances are accumulated in double. */
+/* ---- LayerNorm over rows, with whichever statistics are asked for (NULL: not) ------------------------ */
 void gpt2_layer_norm(const float *x, const float *w, const float *b, float *out, int64_t rows, int64_t d,
                      float eps, float *in_mean, float *in_var, float *normalized, float *out_mean,
                      float *out_var, int threads) {
     #pragma omp parallel for num_threads(threads < 1 ? 1 : threads) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * d;
-        float *o = out + r * d;
-        /* Sums in double, in 4 lanes at a time (omp simd lets the compiler reorder them). */
-        double mean = 0.0, var = 0.0;
-        #pragma omp simd reduction(+:mean)
-        for (int64_t i = 0; i < d; i++) mean += xr[i];
-        mean /= (double)d;
-        #pragma omp simd reduction(+:var)
-        for (int64_t i = 0; i < d; i++) { const double c = xr[i] - mean; var += c * c; }
-        var /= (double)d;
-        const float m = (float)mean, rstd = 1.0f / sqrtf((float)var + eps);
-        float *nr = normalized ? normalized + r * d : NULL;
-        double osum = 0.0;
-        #pragma omp simd reduction(+:osum)
-        for (int64_t i = 0; i < d; i++) {
-            const float xh = (xr[i] - m) * rstd;
-            o[i] = xh * w[i] + b[i];
-            osum += o[i];
-        }
-        if (nr) {
-            #pragma omp simd
-            for (int64_t i = 0; i < d; i++) nr[i] = (xr[i] - m) * rstd;
-        }
-        if (in_mean) in_mean[r] = m;
-        if (in_var) in_var[r] = (float)var;
-        const double omean = osum / (double)d;
-        if (out_mean) out_mean[r] = (float)omean;
-        if (out_var) {
-            double ov = 0.0;
-            #pragma omp simd reduction(+:ov)
-            for (int64_t i = 0; i < d; i++) { const double c = o[i] - omean; ov += c * c; }
-            out_var[r] = (float)(ov / (double)d);
-        }
-    }
-}
-
-/* ---- GELU -------------------------------------------------------------------------------------------
- * gelu(x) = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), computed as x / (1 + exp(-2u)),
- * the same function (0.5 (1 + tanh u) is the logistic of 2u), with a vectorised exp: torch's tanh
- * kernel took 2 ms for 256 x 3072 values here. exp is Cephes' expf polynomial (about 1 ulp), with its
- * argument clamped to +-88.4, and 0 where the logistic is 0 in float. */
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-
-static inline __m256 exp256(__m256 x) {
-    x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
-    x = _mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f));
-    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-    const __m256 z = _mm256_mul_ps(x, x);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_add_ps(_mm256_fmadd_ps(y, z, x), _mm256_set1_ps(1.0f));
-    const __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(0x7f)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
-}
-
-static inline __m256 gelu256(__m256 x) {
-    const __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
-    const __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f), _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), x3, x));
-    const __m256 a = _mm256_mul_ps(_mm256_set1_ps(-2.0f), u);
-    const __m256 y = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(a)));
-    /* Where exp(a) would overflow, the logistic is 0 (exactly, in float): so is gelu. */
-    const __m256 saturated = _mm256_cmp_ps(a, _mm256_set1_ps(88.3762626647949f), _CMP_GE_OQ);
-    return _mm256_blendv_ps(y, _mm256_and_ps(x, _mm256_set1_ps(-0.0f)), saturated);   /* +-0 */
-}
-#endif
-
-static inline float gelu_one(float x) {
-    const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-    float a = -2.0f * u;
-    if (a >= 88.3762626647949f) return copysignf(0.0f, x);   /* the logistic is 0 in float */
-    if (a < -88.3762626647949f) a = -88.3762626647949f;
-    return x / (1.0f + expf(a));
+    for (int64_t r = 0; r < rows; r++)
+        layer_norm_row(x + r * d, w, b, out + r * d, d, eps, in_mean ? in_mean + r : NULL,
+                       in_var ? in_var + r : NULL, normalized ? normalized + r * d : NULL,
+                       out_mean ? out_mean + r : NULL, out_var ? out_var + r : NULL);
 }
 
 void gpt2_gelu(const float *x, float *y, int64_t n, int threads) {
     const int64_t chunk = 4096;
     #pragma omp parallel for num_threads(threads < 1 ? 1 : threads) schedule(static)
-    for (int64_t c0 = 0; c0 < n; c0 += chunk) {
-        const int64_t c1 = c0 + chunk < n ? c0 + chunk : n;
-        int64_t i = c0;
-#if defined(__AVX2__) && defined(__FMA__)
-        for (; i + 8 <= c1; i += 8)
-            _mm256_storeu_ps(y + i, gelu256(_mm256_loadu_ps(x + i)));
-#endif
-        for (; i < c1; i++) y[i] = gelu_one(x[i]);
-    }
+    for (int64_t c0 = 0; c0 < n; c0 += chunk)
+        gelu_span(x + c0, y + c0, (c0 + chunk < n ? c0 + chunk : n) - c0);
 }
 
 /* ---- causal self-attention over a whole prompt (no cache) -------------------------------------------
