@@ -36,15 +36,6 @@ from gpt2core import GPT2, KVCache, generate, load_hf, native  # noqa: E402
 native.retain_freed_memory()   # as the app does (explorer/__init__.py); HF runs under it too
 
 
-def median_time(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def interleaved(fns: dict, runs: int, warmup: int = 1, raw: bool = False) -> dict:
     """Median seconds of each fn, alternating between them run by run (``raw``: every run's time)."""
     for fn in fns.values():
@@ -65,12 +56,14 @@ def paired_ratio(times: dict, a: str, b: str) -> float:
     return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
-def bandwidth_readers(n_bytes: int = 1 << 30) -> dict:
+BANDWIDTH_BYTES = 1 << 30
+
+
+def bandwidth_readers(n_bytes: int = BANDWIDTH_BYTES) -> dict:
     """Functions that each read n_bytes from a buffer far larger than the caches: torch's sum, and
     gpt2core's native matrix-vector product over the buffer seen as a (rows, 8192) matrix (it reads
     each byte once, on every core). The limit is the faster of the two, so a decoder near it is near
     what this machine's memory gives."""
-    from gpt2core import native
     x = torch.ones(n_bytes // 4, dtype=torch.float32)
     readers = {"bw: torch sum": lambda: x.sum()}
     if native.library() is not None:
@@ -122,7 +115,7 @@ def bench_decode(pair: Pair, runs: int, prompt_len: int = 16, new: int = 64) -> 
     # The bandwidth is read between the decodes, so both see the machine in the same state.
     readers = bandwidth_readers()
     t = interleaved({"hf": hf, "ours": ours, **readers}, runs)
-    rates = {k.removeprefix("bw: "): (1 << 30) / t[k] for k in readers}
+    rates = {k.removeprefix("bw: "): BANDWIDTH_BYTES / t[k] for k in readers}
     bw = max(rates.values())
     detail = ", ".join(f"{k} {r / 1e9:.1f}" for k, r in rates.items())
     limit = bw / pair.weight_bytes
