@@ -90,8 +90,12 @@ def _build() -> ctypes.CDLL:
                                      ctypes.c_void_p]
     lib.gpt2_matvec.restype = None
     lib.gpt2_matvec.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
-    lib.gpt2_linear.restype = ctypes.c_int
-    lib.gpt2_linear.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    lib.gpt2_linear_packed.restype = ctypes.c_int
+    lib.gpt2_linear_packed.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    lib.gpt2_pack_weight.restype = None
+    lib.gpt2_pack_weight.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    lib.gpt2_packed_floats.restype = ctypes.c_int64
+    lib.gpt2_packed_floats.argtypes = [ctypes.c_int64] * 2
     lib.gpt2_layer_norm.restype = None
     lib.gpt2_layer_norm.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_float]
                                     + [ctypes.c_void_p] * 5 + [ctypes.c_int])
@@ -185,11 +189,7 @@ def ready(*tensors: torch.Tensor | None) -> bool:
 
 
 def linear_ready(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> bool:
-    """Whether x (M, K) @ w (K, N) + b should run natively: ready(), w stored (K, N), and a shape where
-    the kernel wins (bench/): up to 64 rows, and the vocabulary-wide head at any size. Above 64 rows
-    MKL's blocking of GPT-2's block matrices is as fast or faster."""
-    if x.shape[0] > 64 and w.shape[1] < 8192:
-        return False
+    """Whether x (M, K) @ w (K, N) + b can run natively: ready(), and w stored (K, N)."""
     return w.is_contiguous() and ready(x, w, b)
 
 
@@ -242,20 +242,40 @@ def attention(qkv: torch.Tensor, n_head: int, scores: bool = False, pattern: boo
     return z, sc, pt
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, n_threads: int | None = None) -> torch.Tensor:
-    """y = b + x @ w with the native kernels; x (M, K), w (K, N), b (N,), contiguous float32."""
+def pack(w: torch.Tensor) -> torch.Tensor:
+    """w (K, N) as the product kernel reads it: ceil(N / 16) panels of (K, 16), each contiguous, the
+    columns past N zero. A copy (as large as w), worth keeping while w is unchanged: model.Linear does."""
+    lib = _require()
+    if w.dim() != 2:
+        raise ValueError(f"pack wants w (K, N); got {tuple(w.shape)}")
+    w = w.contiguous().float()
+    K, N = w.shape
+    packed = torch.empty(lib.gpt2_packed_floats(K, N)).view(-1, K, 16)      # (panels, K, 16)
+    lib.gpt2_pack_weight(w.data_ptr(), K, N, packed.data_ptr(), threads())
+    return packed
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, n_threads: int | None = None,
+           packed: torch.Tensor | None = None) -> torch.Tensor:
+    """y = b + x @ w with the native kernels; x (M, K), w (K, N), b (N,), contiguous float32.
+    ``packed``: ``pack(w)``, made earlier and still current; without it w is packed for this call."""
     lib = _require()
     if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[0] or (b is not None and b.shape != (w.shape[1],)):
         raise ValueError(f"linear wants x (M, K), w (K, N), b (N,); got {tuple(x.shape)}, {tuple(w.shape)}, "
                          f"{None if b is None else tuple(b.shape)}")
-    x, w = x.contiguous().float(), w.contiguous().float()
+    x = x.contiguous().float()
     b = None if b is None else b.contiguous().float()
-    if x.shape[0] == 1:   # one row: the memory-bound product, split by columns
+    K, N = w.shape
+    if x.shape[0] == 1:   # one row: the memory-bound product, split by columns, reads w in place
         return matvec(x[0], w, b, n_threads).unsqueeze(0)
-    y = torch.empty(x.shape[0], w.shape[1])
-    if lib.gpt2_linear(x.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(),
-                       x.shape[0], x.shape[1], w.shape[1], n_threads or threads()) != 0:
-        raise MemoryError("native linear: out of memory for its packing buffer")
+    if packed is None:
+        packed = pack(w)
+    elif packed.shape != ((N + 15) // 16, K, 16) or not packed.is_contiguous():
+        raise ValueError(f"packed has shape {tuple(packed.shape)}, not that of pack(w) for w {tuple(w.shape)}")
+    y = torch.empty(x.shape[0], N)
+    if lib.gpt2_linear_packed(x.data_ptr(), packed.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(),
+                              x.shape[0], K, N, n_threads or threads()) != 0:
+        raise MemoryError("native linear: out of memory for packing x")
     return y
 
 

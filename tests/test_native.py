@@ -40,21 +40,64 @@ def test_matvec_matches_torch(K, N, n_threads, bias):
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("M,K,N", [(2, 64, 192), (7, 300, 37), (16, 768, 50), (65, 37, 1000), (13, 600, 16)])
+@pytest.mark.parametrize("M,K,N", [(2, 64, 192), (7, 300, 37), (16, 768, 50), (65, 37, 1000), (13, 600, 16),
+                                   (300, 520, 9), (130, 48, 2051)])
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_matches_torch(M, K, N, n_threads, bias):
-    """Row blocks of 6 with a remainder, k blocks of 256 with a remainder, 16-column panels and a tail."""
+    """Row blocks of 6 with a remainder, k blocks of 256 with a remainder, 16-column panels and a
+    partial last one (or only that), with w packed for the call and packed ahead."""
     g = torch.Generator().manual_seed(M * K * N)
     x, w, b = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g), torch.randn(N, generator=g)
-    y = native.linear(x, w, b if bias else None, n_threads=n_threads)
     ref = (x.double() @ w.double() + (b.double() if bias else 0)).float()
+    y = native.linear(x, w, b if bias else None, n_threads=n_threads)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+    packed = native.pack(w)
+    assert packed.shape == ((N + 15) // 16, K, 16)
+    assert torch.equal(native.linear(x, w, b if bias else None, n_threads=n_threads, packed=packed), y)
+
+
+def test_pack_lays_out_16_column_panels_zero_padded():
+    w = torch.arange(3 * 20, dtype=torch.float32).view(3, 20)
+    packed = native.pack(w)
+    assert packed.shape == (2, 3, 16)
+    assert torch.equal(packed[0], w[:, :16])
+    assert torch.equal(packed[1, :, :4], w[:, 16:]) and not packed[1, :, 4:].any()
 
 
 def test_linear_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="linear wants"):
         native.linear(torch.ones(2, 3), torch.ones(4, 5))
+    with pytest.raises(ValueError, match="not that of pack"):
+        native.linear(torch.ones(2, 4), torch.ones(4, 5), packed=native.pack(torch.ones(4, 17)))
+
+
+def test_linear_module_repacks_when_its_weight_changes():
+    """The packed copy a Linear keeps follows its weight: edited in place, replaced, loaded."""
+    import copy
+
+    from gpt2core.model import Linear
+
+    torch.manual_seed(0)
+    lin = Linear(40, 24).eval()
+    with torch.no_grad():
+        lin.weight.normal_()   # a bare Linear is left empty: GPT2 initialises its weights
+    x = torch.randn(5, 40)
+    expect = lambda: (x.double() @ lin.weight.double().t() + lin.bias.double()).float()  # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x), expect(), rtol=1e-5, atol=1e-5)
+        first = lin.packed_weight()
+        assert lin.packed_weight() is first                      # kept while the weight is unchanged
+        for change in (lambda: lin.weight.__setitem__((3, 7), lin.weight[3, 7] + 10.0),            # in place
+                       lambda: lin.load_state_dict({"weight": torch.randn(24, 40), "bias": torch.randn(24)}),
+                       lambda: setattr(lin, "weight", torch.nn.Parameter(torch.randn(40, 24).t()))):  # replaced
+            key = lin._packed[0]
+            change()
+            torch.testing.assert_close(lin(x), expect(), rtol=1e-5, atol=1e-5)
+            assert lin._packed[0] != key                         # the product ran natively, on a new pack
+        twin = copy.deepcopy(lin)
+        assert twin._packed is None and lin._packed is not None   # a copy doesn't carry the packed weight
+        torch.testing.assert_close(twin(x), lin(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 64), (2, 5, 36), (3, 768)])

@@ -296,14 +296,12 @@ void gpt2_matvec(const float *x, const float *W, const float *b, float *y, int64
  * classic register-blocked kernel: a 6 x 16 block of Y lives in twelve 8-wide registers while k runs
  * over K, one broadcast of X and two loads of W per k. X is packed k-major, 6 rows at a time, so the
  * kernel reads it as one stream (rows of 3072 floats are 12 KiB apart, and would alias in L1).
- * Threads take disjoint 16-column panels of W; a group of row blocks passes over each panel while it
- * is in L2, so W is read from memory once per group. */
+ * W is read packed (gpt2_pack_weight below), so W is read from memory once per product. */
 typedef float v8f __attribute__((vector_size(32), aligned(4)));
 
 #define NR 16
 #define MR 6
 #define KC 256
-#define GP 16   /* panels packed together */
 
 /* One 6 x 16 tile over kc values of k. The first k block starts from the bias; later ones from Y. */
 static inline __attribute__((always_inline)) void gemm_block(int mr, const float *restrict Xp, int64_t kc,
@@ -344,16 +342,39 @@ static void gemm_tile(int mr, const float *Xp, int64_t kc, const float *W, int64
     }
 }
 
-/* Returns 0, or -1 if the packing buffers could not be allocated. */
-int gpt2_linear(const float *X, const float *W, const float *b, float *Y, int64_t M, int64_t K, int64_t N,
-                int threads) {
-    const int64_t panels = N / NR, tail = panels * NR;
+/* W (K, N) as ceil(N / 16) panels, each (K, 16) and contiguous, with the columns past N zero: the
+ * kernel then reads a panel as one stream. Rows of W are N floats apart (201 KB for the head), so a
+ * panel read in place is a separate miss for each 64-byte piece, and the 3072 rows of the MLP's
+ * projection, 3 KiB apart, crowd into a few cache sets. Weights are constant between edits, so
+ * gpt2core.model.Linear packs each once and keeps the copy (bench/RESULTS.md: packing inside every
+ * product cost 6-11% of its time at 256 rows). Copied 64 panels at a time: 4 KiB of each row in,
+ * 64 streams out, where a whole row at once would write to thousands of pages. */
+int64_t gpt2_packed_floats(int64_t K, int64_t N) { return (N + NR - 1) / NR * K * NR; }
+
+void gpt2_pack_weight(const float *W, int64_t K, int64_t N, float *P, int threads) {
+    const int64_t panels = (N + NR - 1) / NR, group = 64;
+    #pragma omp parallel for num_threads(threads < 1 ? 1 : threads) schedule(static)
+    for (int64_t g0 = 0; g0 < panels; g0 += group)
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t p = g0; p < panels && p < g0 + group; p++) {
+                const int64_t n0 = p * NR, cols = N - n0 < NR ? N - n0 : NR;
+                float *dst = P + (p * K + k) * NR;
+                memcpy(dst, W + k * N + n0, (size_t)cols * sizeof(float));
+                for (int64_t c = cols; c < NR; c++) dst[c] = 0.0f;
+            }
+}
+
+/* Y (M, N) = b + X (M, K) @ W, with W packed by gpt2_pack_weight. Threads take disjoint ranges of
+ * panels; each panel (KC x 16 of it, 16 KiB) stays in L1 while every row block of X passes over it.
+ * Returns 0, or -1 if the buffer for packed X could not be allocated. */
+int gpt2_linear_packed(const float *X, const float *P, const float *b, float *Y, int64_t M, int64_t K,
+                       int64_t N, int threads) {
+    const int64_t panels = (N + NR - 1) / NR;
     const int64_t blocks = (M + MR - 1) / MR, n_kb = (K + KC - 1) / KC;
     if (threads < 1) threads = 1;
     /* X packed once for everyone: [k block][row block][k][MR], zero-padded to whole row blocks. */
     float *Xp = calloc((size_t)(blocks * MR * n_kb * KC), sizeof(float));
-    float *Wp_all = malloc((size_t)threads * KC * NR * GP * sizeof(float));
-    if (!Xp || !Wp_all) { free(Xp); free(Wp_all); return -1; }
+    if (!Xp) return -1;
     #pragma omp parallel num_threads(threads)
     {
         const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -367,42 +388,35 @@ int gpt2_linear(const float *X, const float *W, const float *b, float *Y, int64_
                 }
             }
         #pragma omp barrier
-        /* W a group of GP panels at a time: each (KC x 16 GP) slice is copied once into a contiguous
-         * buffer, panel after panel, which every row block then reads from L2/L1. Rows of W are N
-         * floats apart (201 KB for the head): read in place, each 64-byte piece of a row would be a
-         * separate miss, and a 3072-row panel 3 KiB apart crowds into a few L2 sets. Copying 16 GP
-         * columns of a row at once reads 1 KiB contiguous, which the prefetchers keep streaming. */
-        float *Wp = Wp_all + tid * KC * NR * GP;
         const int64_t p0 = panels * tid / nt, p1 = panels * (tid + 1) / nt;
-        for (int64_t pg = p0; pg < p1; pg += GP) {
-            const int64_t np = p1 - pg < GP ? p1 - pg : GP;
-            for (int64_t kb = 0; kb < n_kb; kb++) {
-                const int64_t k0 = kb * KC, kc = K - k0 < KC ? K - k0 : KC;
-                for (int64_t k = 0; k < kc; k++) {
-                    const float *src = W + (k0 + k) * N + pg * NR;
-                    for (int64_t j = 0; j < np; j++)
-                        memcpy(Wp + (j * KC + k) * NR, src + j * NR, NR * sizeof(float));
-                }
-                for (int64_t j = 0; j < np; j++) {
-                    const int64_t p = pg + j;
+        for (int64_t p = p0; p < p1; p++) {
+            const int64_t n0 = p * NR;
+            const float *panel = P + p * K * NR;
+            if (N - n0 >= NR) {
+                for (int64_t kb = 0; kb < n_kb; kb++) {
+                    const int64_t k0 = kb * KC, kc = K - k0 < KC ? K - k0 : KC;
                     for (int64_t ib = 0; ib < blocks; ib++)
                         gemm_tile(M - ib * MR < MR ? (int)(M - ib * MR) : MR, Xp + (kb * blocks + ib) * KC * MR,
-                                  kc, Wp + j * KC * NR, NR, b ? b + p * NR : NULL, kb == 0,
-                                  Y + ib * MR * N + p * NR, N);
+                                  kc, panel + k0 * NR, NR, b ? b + n0 : NULL, kb == 0, Y + ib * MR * N + n0, N);
+                }
+            } else {   /* the last, partial panel: each tile in a local buffer, its valid columns copied */
+                const int64_t cols = N - n0;
+                float bias[NR] = {0}, tile[MR * NR];
+                if (b) memcpy(bias, b + n0, (size_t)cols * sizeof(float));
+                for (int64_t ib = 0; ib < blocks; ib++) {
+                    const int mr = M - ib * MR < MR ? (int)(M - ib * MR) : MR;
+                    for (int64_t kb = 0; kb < n_kb; kb++) {
+                        const int64_t k0 = kb * KC, kc = K - k0 < KC ? K - k0 : KC;
+                        gemm_tile(mr, Xp + (kb * blocks + ib) * KC * MR, kc, panel + k0 * NR, NR, bias, kb == 0,
+                                  tile, NR);
+                    }
+                    for (int r = 0; r < mr; r++)
+                        memcpy(Y + (ib * MR + r) * N + n0, tile + r * NR, (size_t)cols * sizeof(float));
                 }
             }
         }
-        if (tid == nt - 1 && tail < N) {   /* the last N % 16 columns, one at a time */
-            for (int64_t i = 0; i < M; i++)
-                for (int64_t c = tail; c < N; c++) {
-                    float acc = b ? b[c] : 0.0f;
-                    for (int64_t k = 0; k < K; k++) acc += X[i * K + k] * W[k * N + c];
-                    Y[i * N + c] = acc;
-                }
-        }
     }
     free(Xp);
-    free(Wp_all);
     return 0;
 }
 
