@@ -293,8 +293,11 @@ def test_gelu_matches_the_formula():
     assert torch.equal(native.gelu(strided), native.gelu(strided.contiguous()))
 
 
-@pytest.mark.parametrize("B,T,nh,hs", [(1, 5, 4, 16), (2, 9, 3, 12), (1, 33, 2, 64)])
-def test_attention_matches_the_formula(B, T, nh, hs):
+@pytest.mark.parametrize("B,T,nh,hs", [(1, 5, 4, 16), (2, 9, 3, 12), (1, 33, 2, 64), (1, 100, 3, 20), (2, 50, 5, 64)])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_attention_matches_the_formula(B, T, nh, hs, n_threads, monkeypatch):
+    """Blocks of 6 queries and panels of 16 keys with remainders, a head size that is no multiple of 16."""
+    monkeypatch.setattr(native, "threads", lambda: n_threads)
     d = nh * hs
     qkv = torch.randn(B, T, 3 * d, generator=torch.Generator().manual_seed(T)) * 2
     z, scores, pattern = native.attention(qkv, nh, scores=True, pattern=True)

@@ -442,123 +442,96 @@ void gpt2_gelu(const float *x, float *y, int64_t n, int threads) {
  * qkv (B, T, 3d) as c_attn writes it; z (B, T, d) with the heads side by side, as c_proj reads it, so
  * neither the (B, nh, T, hs) transposes nor their copies are made. Where not NULL, scores (B, nh, T, T)
  * gets the scaled dot products with -inf above the diagonal and pattern (B, nh, T, T) the softmax,
- * which is what the explorer's attention views draw. Keys after a query are never computed. */
+ * which is what the explorer's attention views draw. Keys after a query are never computed.
+ *
+ * Both products run on the 6 x 16 kernel above, six queries at a time: the scores of a block are
+ * (q / sqrt(hs)) K^T, with K packed in 16-key panels, and its z the softmax rows times V, with V
+ * packed in 16-column panels. A thread takes whole heads, and packs each head's Q, K and V once. */
+static void softmax_row(float *row, int64_t n) {
+    float mx = -INFINITY, sum = 0.0f;
+    for (int64_t s = 0; s < n; s++) mx = row[s] > mx ? row[s] : mx;
+    int64_t s = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256 vsum = _mm256_setzero_ps();
+    const __m256 vmx = _mm256_set1_ps(mx);
+    for (; s + 8 <= n; s += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(row + s), vmx));
+        _mm256_storeu_ps(row + s, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vsum);
+    for (int j = 0; j < 8; j++) sum += lanes[j];
+#endif
+    for (; s < n; s++) { row[s] = expf(row[s] - mx); sum += row[s]; }
+    const float inv = 1.0f / sum;
+    for (s = 0; s < n; s++) row[s] *= inv;
+}
+
+int64_t gpt2_attention_scratch_floats(int64_t T, int64_t hs) {
+    const int64_t Tq = (T + MR - 1) / MR * MR, Tk = (T + NR - 1) / NR * NR, hsp = (hs + NR - 1) / NR * NR;
+    return Tq * hs + Tk * hs + hsp * Tk + MR * Tk + Tk * MR + MR * hsp;
+}
+
 int gpt2_attention(const float *qkv, int64_t B, int64_t T, int64_t nh, int64_t hs, float *z, float *scores,
                    float *pattern, int threads) {
     const int64_t d = nh * hs, ld = 3 * d;
     const float scale = 1.0f / sqrtf((float)hs);
+    const int64_t Tq = (T + MR - 1) / MR * MR, Tk = (T + NR - 1) / NR * NR, hsp = (hs + NR - 1) / NR * NR;
+    const int64_t per_thread = gpt2_attention_scratch_floats(T, hs);
     if (threads < 1) threads = 1;
-    const int64_t Tp = (T + 31) / 32 * 32;   /* keys padded to whole blocks of 32 */
-    /* Per thread: one row of scores, and (with AVX2) this head's keys transposed. */
-    const int64_t per_thread = Tp + hs * Tp;
-    float *rows = malloc((size_t)threads * per_thread * sizeof(float));
-    if (!rows) return -1;
+    float *scratch = malloc((size_t)threads * per_thread * sizeof(float));
+    if (!scratch) return -1;
     #pragma omp parallel num_threads(threads)
     {
-        float *row = rows + omp_get_thread_num() * per_thread, *kt = row + Tp;
-        (void)kt;
+        float *Qp = scratch + omp_get_thread_num() * per_thread;   /* [T/6][hs][6], scaled */
+        float *Kp = Qp + Tq * hs;                                   /* [T/16][hs][16] */
+        float *Vp = Kp + Tk * hs;                                   /* [hs/16][T][16] */
+        float *S = Vp + hsp * Tk;                                   /* a block's rows of scores, (6, Tk) */
+        float *Pp = S + MR * Tk;                                    /* the block's softmax rows, [Tk][6] */
+        float *Zt = Pp + Tk * MR;                                   /* the block's z, (6, hsp) */
         #pragma omp for collapse(2) schedule(static)
         for (int64_t b = 0; b < B; b++)
             for (int64_t h = 0; h < nh; h++) {
-                const float *base = qkv + b * T * ld;
+                const float *base = qkv + b * T * ld + h * hs;
+                memset(Qp, 0, (size_t)(Tq * hs + Tk * hs + hsp * Tk) * sizeof(float));   /* the padding */
+                for (int64_t t = 0; t < T; t++) {
+                    const float *q = base + t * ld, *k = q + d, *v = q + 2 * d;
+                    for (int64_t j = 0; j < hs; j++) {
+                        Qp[((t / MR) * hs + j) * MR + t % MR] = q[j] * scale;
+                        Kp[((t / NR) * hs + j) * NR + t % NR] = k[j];
+                        Vp[((j / NR) * Tk + t) * NR + j % NR] = v[j];
+                    }
+                }
                 float *sc = scores ? scores + (b * nh + h) * T * T : NULL;
                 float *pt = pattern ? pattern + (b * nh + h) * T * T : NULL;
-#if defined(__AVX2__) && defined(__FMA__)
-                /* K of this head transposed, (hs, Tp): a query's scores are then 8-wide FMAs along
-                 * the keys, with no horizontal sums. Columns past T are zero. */
-                for (int64_t j = 0; j < hs; j++) {
-                    for (int64_t s = 0; s < T; s++) kt[j * Tp + s] = base[s * ld + d + h * hs + j];
-                    for (int64_t s = T; s < Tp; s++) kt[j * Tp + s] = 0.0f;
-                }
-#endif
-                for (int64_t t = 0; t < T; t++) {
-                    const float *q = base + t * ld + h * hs;
-                    float mx = -INFINITY;
-#if defined(__AVX2__) && defined(__FMA__)
-                    for (int64_t s0 = 0; s0 <= t; s0 += 32) {   /* 32 keys in four registers over all of hs */
-                        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-                        for (int64_t j = 0; j < hs; j++) {
-                            const __m256 qj = _mm256_set1_ps(q[j] * scale);
-                            const float *kr = kt + j * Tp + s0;
-                            a0 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(kr), a0);
-                            a1 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(kr + 8), a1);
-                            a2 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(kr + 16), a2);
-                            a3 = _mm256_fmadd_ps(qj, _mm256_loadu_ps(kr + 24), a3);
+                for (int64_t t0 = 0; t0 < T; t0 += MR) {
+                    const int mr = T - t0 < MR ? (int)(T - t0) : MR;
+                    const int64_t n_keys = t0 + mr;   /* keys 0 .. the block's last query */
+                    for (int64_t p = 0; p * NR < n_keys; p++)
+                        gemm_tile(mr, Qp + (t0 / MR) * hs * MR, hs, Kp + p * hs * NR, NR, NULL, 1, S + p * NR, Tk);
+                    for (int r = 0; r < mr; r++) {
+                        const int64_t t = t0 + r;
+                        float *row = S + r * Tk;
+                        if (sc) {
+                            memcpy(sc + t * T, row, (size_t)(t + 1) * sizeof(float));
+                            for (int64_t s = t + 1; s < T; s++) sc[t * T + s] = -INFINITY;
                         }
-                        _mm256_storeu_ps(row + s0, a0);
-                        _mm256_storeu_ps(row + s0 + 8, a1);
-                        _mm256_storeu_ps(row + s0 + 16, a2);
-                        _mm256_storeu_ps(row + s0 + 24, a3);
-                    }
-                    for (int64_t s = 0; s <= t; s++) mx = row[s] > mx ? row[s] : mx;
-#else
-                    for (int64_t s = 0; s <= t; s++) {
-                        const float *k = base + s * ld + d + h * hs;
-                        float dot = 0.0f;
-                        #pragma omp simd reduction(+:dot)
-                        for (int64_t j = 0; j < hs; j++) dot += (q[j] * scale) * k[j];
-                        row[s] = dot;
-                        mx = dot > mx ? dot : mx;
-                    }
-#endif
-                    if (sc) {
-                        memcpy(sc + t * T, row, (size_t)(t + 1) * sizeof(float));
-                        for (int64_t s = t + 1; s < T; s++) sc[t * T + s] = -INFINITY;
-                    }
-                    int64_t s = 0;
-                    float sum = 0.0f;
-#if defined(__AVX2__) && defined(__FMA__)
-                    __m256 vsum = _mm256_setzero_ps();
-                    const __m256 vmx = _mm256_set1_ps(mx);
-                    for (; s + 8 <= t + 1; s += 8) {
-                        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(row + s), vmx));
-                        _mm256_storeu_ps(row + s, e);
-                        vsum = _mm256_add_ps(vsum, e);
-                    }
-                    float lanes[8];
-                    _mm256_storeu_ps(lanes, vsum);
-                    for (int j = 0; j < 8; j++) sum += lanes[j];
-#endif
-                    for (; s <= t; s++) { row[s] = expf(row[s] - mx); sum += row[s]; }
-                    const float inv = 1.0f / sum;
-                    float *zt = z + (b * T + t) * d + h * hs;
-                    for (int64_t s2 = 0; s2 <= t; s2++) row[s2] *= inv;   /* the pattern's row */
-                    if (pt) memcpy(pt + t * T, row, (size_t)(t + 1) * sizeof(float));
-#if defined(__AVX2__) && defined(__FMA__)
-                    if (hs == 64) {   /* GPT-2's head size: z_t in eight registers while s runs */
-                        __m256 z0 = _mm256_setzero_ps(), z1 = z0, z2 = z0, z3 = z0, z4 = z0, z5 = z0, z6 = z0, z7 = z0;
-                        for (int64_t s2 = 0; s2 <= t; s2++) {
-                            const __m256 p = _mm256_set1_ps(row[s2]);
-                            const float *v = base + s2 * ld + 2 * d + h * hs;
-                            z0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v), z0);
-                            z1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8), z1);
-                            z2 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 16), z2);
-                            z3 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 24), z3);
-                            z4 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 32), z4);
-                            z5 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 40), z5);
-                            z6 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 48), z6);
-                            z7 = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 56), z7);
+                        softmax_row(row, t + 1);
+                        for (int64_t s = t + 1; s < n_keys; s++) row[s] = 0.0f;
+                        if (pt) {
+                            memcpy(pt + t * T, row, (size_t)(t + 1) * sizeof(float));
+                            memset(pt + t * T + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
                         }
-                        _mm256_storeu_ps(zt, z0); _mm256_storeu_ps(zt + 8, z1);
-                        _mm256_storeu_ps(zt + 16, z2); _mm256_storeu_ps(zt + 24, z3);
-                        _mm256_storeu_ps(zt + 32, z4); _mm256_storeu_ps(zt + 40, z5);
-                        _mm256_storeu_ps(zt + 48, z6); _mm256_storeu_ps(zt + 56, z7);
-                    } else
-#endif
-                    {
-                        for (int64_t j = 0; j < hs; j++) zt[j] = 0.0f;
-                        for (int64_t s2 = 0; s2 <= t; s2++) {
-                            const float p = row[s2];
-                            const float *v = base + s2 * ld + 2 * d + h * hs;
-                            #pragma omp simd
-                            for (int64_t j = 0; j < hs; j++) zt[j] += p * v[j];
-                        }
+                        for (int64_t s = 0; s < n_keys; s++) Pp[s * MR + r] = row[s];
                     }
-                    if (pt)
-                        for (int64_t s2 = t + 1; s2 < T; s2++) pt[t * T + s2] = 0.0f;
+                    for (int64_t p = 0; p * NR < hs; p++)
+                        gemm_tile(mr, Pp, n_keys, Vp + p * Tk * NR, NR, NULL, 1, Zt + p * NR, hsp);
+                    for (int r = 0; r < mr; r++)
+                        memcpy(z + (b * T + t0 + r) * d + h * hs, Zt + r * hsp, (size_t)hs * sizeof(float));
                 }
             }
     }
-    free(rows);
+    free(scratch);
     return 0;
 }
