@@ -57,7 +57,7 @@ class HookPoint(nn.Module):
             if out is not None:
                 x = out
         if cap.wanted(self.name):
-            cap.store[self.name] = x.detach() if cap.detach else x
+            cap.store[self.name] = x.detach() if cap.detach and x.requires_grad else x
         return x
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import native
 from .config import GPT2Config, get_config
-from .hooks import ActivationCache, HookPoint, capture, name_hook_points
+from .hooks import ActivationCache, HookPoint, capture, capture_active, name_hook_points
 
 
 class Linear(nn.Module):
@@ -85,15 +85,18 @@ class LayerNorm(nn.Module):
         self.hook_out_var = HookPoint()     # (B, T)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hooks = {"in_mean": self.hook_in_mean, "in_var": self.hook_in_var, "normalized": self.hook_normalized,
-                 "out_mean": self.hook_out_mean, "out_var": self.hook_out_var}
-        if native.ready(x, self.weight, self.bias) and not any(h.edits() for h in hooks.values()):
-            # One native pass gives the output and whichever statistics this call's capture records.
-            out, stats = native.layer_norm(x, self.weight, self.bias, self.eps,
-                                           [name for name, h in hooks.items() if h.wants()])
-            for name, tensor in stats.items():
-                hooks[name](tensor)
-            return out
+        if native.ready(x, self.weight, self.bias):
+            if not capture_active():
+                return native.layer_norm(x, self.weight, self.bias, self.eps)[0]
+            hooks = {"in_mean": self.hook_in_mean, "in_var": self.hook_in_var, "normalized": self.hook_normalized,
+                     "out_mean": self.hook_out_mean, "out_var": self.hook_out_var}
+            if not any(h.edits() for h in hooks.values()):
+                # One native pass gives the output and whichever statistics this call's capture records.
+                out, stats = native.layer_norm(x, self.weight, self.bias, self.eps,
+                                               [name for name, h in hooks.items() if h.wants()])
+                for name, tensor in stats.items():
+                    hooks[name](tensor)
+                return out
         mean = self.hook_in_mean(x.mean(-1)).unsqueeze(-1)                         # (B, T, 1)
         var = self.hook_in_var(x.var(-1, unbiased=False)).unsqueeze(-1)             # (B, T, 1)
         x_hat = self.hook_normalized((x - mean) * torch.rsqrt(var + self.eps))     # (B, T, d)
