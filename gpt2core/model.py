@@ -221,7 +221,7 @@ class CausalSelfAttention(nn.Module):
         B, T, three_d = qkv.shape
         d, nh, hs = three_d // 3, self.n_head, self.head_dim
         if any(h.wants() for h in self._hooks()[:3]):
-            q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in qkv.split(d, dim=2))   # (B, nh, T, hs)
+            q, k, v = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)          # (B, nh, T, hs)
             self.hook_q(q)
             self.hook_k(k)
             self.hook_v(v)
