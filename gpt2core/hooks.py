@@ -110,3 +110,8 @@ def capture(names=None, hooks: dict[str, HookFn | Iterable[HookFn]] | None = Non
 
 def capture_active() -> bool:
     return _ACTIVE.get() is not None
+
+
+def active_capture() -> _Capture | None:
+    """This thread's (task's) capture, or None: for modules that record several tensors at once."""
+    return _ACTIVE.get()

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import native
 from .config import GPT2Config, get_config
-from .hooks import ActivationCache, HookPoint, capture, capture_active, name_hook_points
+from .hooks import ActivationCache, HookPoint, active_capture, capture, name_hook_points
 
 
 class Linear(nn.Module):
@@ -83,19 +83,23 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()  # (B, T, d)
         self.hook_out_mean = HookPoint()    # (B, T)
         self.hook_out_var = HookPoint()     # (B, T)
+        # The statistics' hook points in native.layer_norm's order (a plain tuple, not a submodule list).
+        self._stat_hooks = (self.hook_in_mean, self.hook_in_var, self.hook_normalized, self.hook_out_mean,
+                            self.hook_out_var)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if native.ready(x, self.weight, self.bias):
-            if not capture_active():
+            cap = active_capture()
+            if cap is None:
                 return native.layer_norm(x, self.weight, self.bias, self.eps)[0]
-            hooks = {"in_mean": self.hook_in_mean, "in_var": self.hook_in_var, "normalized": self.hook_normalized,
-                     "out_mean": self.hook_out_mean, "out_var": self.hook_out_var}
-            if not any(h.edits() for h in hooks.values()):
+            if not (cap.hooks and any(h.name in cap.hooks for h in self._stat_hooks)):   # no hook edits
                 # One native pass gives the output and whichever statistics this call's capture records.
+                wanted = [cap.wanted(h.name) for h in self._stat_hooks]
                 out, stats = native.layer_norm(x, self.weight, self.bias, self.eps,
-                                               [name for name, h in hooks.items() if h.wants()])
-                for name, tensor in stats.items():
-                    hooks[name](tensor)
+                                               [n for n, w in zip(native.LAYER_NORM_STATS, wanted) if w])
+                for name, hook, w in zip(native.LAYER_NORM_STATS, self._stat_hooks, wanted):
+                    if w:
+                        hook(stats[name])
                 return out
         mean = self.hook_in_mean(x.mean(-1)).unsqueeze(-1)                         # (B, T, 1)
         var = self.hook_in_var(x.var(-1, unbiased=False)).unsqueeze(-1)             # (B, T, 1)
@@ -206,32 +210,38 @@ class CausalSelfAttention(nn.Module):
         z = self.hook_z(z.transpose(1, 2))                                        # (B, T, nh, hs)
         return self.resid_dropout(self.c_proj(z.reshape(B, T, d)))                # (B, T, d)
 
-    def _hooks(self):
-        return (self.hook_q, self.hook_k, self.hook_v, self.hook_attn_scores, self.hook_pattern, self.hook_z)
-
     def _native_ok(self, qkv: torch.Tensor) -> bool:
         """The C kernel serves a prompt without cache when no dropout is on and no hook edits."""
         if self.training and self.attn_dropout.p > 0:
             return False
-        return native.ready(qkv) and not any(h.edits() for h in self._hooks())
+        cap = active_capture()
+        edits = cap is not None and cap.hooks and any(
+            h.name in cap.hooks for h in (self.hook_q, self.hook_k, self.hook_v, self.hook_attn_scores,
+                                          self.hook_pattern, self.hook_z))
+        return native.ready(qkv) and not edits
 
     def _native_forward(self, qkv: torch.Tensor) -> torch.Tensor:
         """The forward above in one native call, with the same hook points (the same tensors to float
         rounding); scores and pattern are made only when a capture records them."""
         B, T, three_d = qkv.shape
         d, nh, hs = three_d // 3, self.n_head, self.head_dim
-        if any(h.wants() for h in self._hooks()[:3]):
-            q, k, v = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)          # (B, nh, T, hs)
-            self.hook_q(q)
-            self.hook_k(k)
-            self.hook_v(v)
-        z, scores, pattern = native.attention(qkv, nh, scores=self.hook_attn_scores.wants(),
-                                              pattern=self.hook_pattern.wants())  # (B, T, d), (B, nh, T, T)
-        if scores is not None:
-            self.hook_attn_scores(scores)
-        if pattern is not None:
-            self.hook_pattern(pattern)
-        self.hook_z(z.view(B, T, nh, hs))                                         # (B, T, nh, hs)
+        cap = active_capture()
+        if cap is None:
+            z = native.attention(qkv, nh)[0]                                      # (B, T, d)
+        else:
+            hook_q, hook_k, hook_v = self.hook_q, self.hook_k, self.hook_v
+            if cap.wanted(hook_q.name) or cap.wanted(hook_k.name) or cap.wanted(hook_v.name):
+                q, k, v = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)      # (B, nh, T, hs)
+                hook_q(q)
+                hook_k(k)
+                hook_v(v)
+            z, scores, pattern = native.attention(qkv, nh, scores=cap.wanted(self.hook_attn_scores.name),
+                                                  pattern=cap.wanted(self.hook_pattern.name))  # (B, nh, T, T)
+            if scores is not None:
+                self.hook_attn_scores(scores)
+            if pattern is not None:
+                self.hook_pattern(pattern)
+            self.hook_z(z.view(B, T, nh, hs))                                     # (B, T, nh, hs)
         return self.resid_dropout(self.c_proj(z))                                 # (B, T, d)
 
 

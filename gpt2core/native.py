@@ -193,6 +193,9 @@ def linear_ready(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> bo
     return w.is_contiguous() and ready(x, w, b)
 
 
+LAYER_NORM_STATS = ("in_mean", "in_var", "normalized", "out_mean", "out_var")
+
+
 def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, stats=()) -> tuple[torch.Tensor, dict]:
     """LayerNorm over the last axis of x, and those of its statistics named in ``stats``:
     "in_mean", "in_var" (biased), "normalized" (x_hat), "out_mean", "out_var"."""
@@ -204,9 +207,8 @@ def layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float, st
     out = torch.empty_like(x)
     lead = x.shape[:-1]
     made = {name: torch.empty(x.shape if name == "normalized" else lead) for name in stats}
-    ptr = lambda name: made[name].data_ptr() if name in made else None  # noqa: E731
-    lib.gpt2_layer_norm(x.data_ptr(), w.data_ptr(), b.data_ptr(), out.data_ptr(), x.numel() // d, d, eps,
-                        ptr("in_mean"), ptr("in_var"), ptr("normalized"), ptr("out_mean"), ptr("out_var"),
+    ptrs = [made[name].data_ptr() if name in made else None for name in LAYER_NORM_STATS]
+    lib.gpt2_layer_norm(x.data_ptr(), w.data_ptr(), b.data_ptr(), out.data_ptr(), x.numel() // d, d, eps, *ptrs,
                         threads())
     return out, made
 
