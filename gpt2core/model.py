@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,9 @@ from torch import nn
 from . import native
 from .config import GPT2Config, get_config
 from .hooks import ActivationCache, HookPoint, active_capture, capture, name_hook_points
+
+
+_PACK_LOCK = threading.Lock()
 
 
 class Linear(nn.Module):
@@ -50,9 +54,13 @@ class Linear(nn.Module):
     def packed_weight(self) -> torch.Tensor:
         w = self.weight.t()                                                      # (in, out)
         key = (w.data_ptr(), w._version, tuple(w.shape))
-        if self._packed is None or self._packed[0] != key:
-            self._packed = (key, native.pack(w))                                # (panels, in, 16)
-        return self._packed[1]
+        cached = self._packed
+        if cached is None or cached[0] != key:
+            with _PACK_LOCK:   # concurrent first requests pack once, not once each (~0.5 GB for gpt2)
+                cached = self._packed
+                if cached is None or cached[0] != key:
+                    cached = self._packed = (key, native.pack(w))               # (panels, in, 16)
+        return cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.t()                                                      # (in, out)

@@ -358,3 +358,34 @@ def test_the_portable_build_without_avx2(monkeypatch, tmp_path):
     torch.testing.assert_close(z, (ref @ v).squeeze(1).float(), rtol=1e-5, atol=1e-5)
     test_linear_matches_torch(7, 300, 37, 2, True)
     test_step_logits_and_cache_match_the_forward("tiny", 2)
+
+
+def test_concurrent_first_uses_pack_a_weight_once(monkeypatch):
+    """Two requests meeting an unpacked weight share one packed copy (for gpt2 each is ~0.5 GB)."""
+    import time
+
+    from gpt2core.model import Linear
+
+    lin = Linear(32, 48).eval()
+    with torch.no_grad():
+        lin.weight.normal_()
+    real, calls = native.pack, []
+
+    def slow_pack(w):
+        calls.append(1)
+        time.sleep(0.2)            # long enough for the other thread to arrive while packing
+        return real(w)
+
+    monkeypatch.setattr(native, "pack", slow_pack)
+    barrier, got = threading.Barrier(2), []
+
+    def first_use():
+        barrier.wait(timeout=10)
+        got.append(lin.packed_weight())
+
+    threads = [threading.Thread(target=first_use) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert len(calls) == 1 and len(got) == 2 and got[0] is got[1]
