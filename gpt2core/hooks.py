@@ -43,11 +43,6 @@ class HookPoint(nn.Module):
         cap = _ACTIVE.get()
         return cap is not None and (cap.wanted(self.name) or self.name in cap.hooks)
 
-    def edits(self) -> bool:
-        """Whether the current call has a hook function here that may replace the tensor."""
-        cap = _ACTIVE.get()
-        return cap is not None and self.name in cap.hooks
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cap = _ACTIVE.get()
         if cap is None:
@@ -112,6 +107,13 @@ def capture_active() -> bool:
     return _ACTIVE.get() is not None
 
 
-def active_capture() -> _Capture | None:
-    """This thread's (task's) capture, or None: for modules that record several tensors at once."""
-    return _ACTIVE.get()
+def recorded(points: tuple[HookPoint, ...]) -> list[bool] | None:
+    """For a module that makes the tensors of several hook points in one native call: which of them
+    this call's capture records (all False without a capture), or None if a hook function may edit
+    one of them, so that the module must make them one by one, each passing through its hook point."""
+    cap = _ACTIVE.get()
+    if cap is None:
+        return [False] * len(points)
+    if cap.hooks and any(p.name in cap.hooks for p in points):
+        return None
+    return [cap.wanted(p.name) for p in points]

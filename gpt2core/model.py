@@ -18,7 +18,7 @@ from torch import nn
 
 from . import native
 from .config import GPT2Config, get_config
-from .hooks import ActivationCache, HookPoint, active_capture, capture, name_hook_points
+from .hooks import ActivationCache, HookPoint, capture, name_hook_points, recorded
 
 
 _PACK_LOCK = threading.Lock()
@@ -52,7 +52,10 @@ class Linear(nn.Module):
         return {**self.__dict__, "_packed": None}
 
     def packed_weight(self) -> torch.Tensor:
-        w = self.weight.t()                                                      # (in, out)
+        return self._packed_for(self.weight.t())
+
+    def _packed_for(self, w: torch.Tensor) -> torch.Tensor:
+        """native.pack(w) of this layer's weight w (in, out), made once per version of it."""
         key = (w.data_ptr(), w._version, tuple(w.shape))
         cached = self._packed
         if cached is None or cached[0] != key:
@@ -66,7 +69,7 @@ class Linear(nn.Module):
         w = self.weight.t()                                                      # (in, out)
         x2 = x.reshape(-1, self.in_features)                                    # (N, in)
         if native.linear_ready(x2, w, self.bias):
-            packed = self.packed_weight() if x2.shape[0] > 1 else None          # one row reads w in place
+            packed = self._packed_for(w) if x2.shape[0] > 1 else None          # one row reads w in place
             y = native.linear(x2, w, self.bias, packed=packed)                   # (N, out)
         elif self.bias is None:
             y = x2 @ w                                                           # (N, out)
@@ -96,19 +99,15 @@ class LayerNorm(nn.Module):
                             self.hook_out_var)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if native.ready(x, self.weight, self.bias):
-            cap = active_capture()
-            if cap is None:
-                return native.layer_norm(x, self.weight, self.bias, self.eps)[0]
-            if not (cap.hooks and any(h.name in cap.hooks for h in self._stat_hooks)):   # no hook edits
-                # One native pass gives the output and whichever statistics this call's capture records.
-                wanted = [cap.wanted(h.name) for h in self._stat_hooks]
-                out, stats = native.layer_norm(x, self.weight, self.bias, self.eps,
-                                               [n for n, w in zip(native.LAYER_NORM_STATS, wanted) if w])
-                for name, hook, w in zip(native.LAYER_NORM_STATS, self._stat_hooks, wanted):
-                    if w:
-                        hook(stats[name])
-                return out
+        wanted = recorded(self._stat_hooks) if native.ready(x, self.weight, self.bias) else None
+        if wanted is not None:
+            # One native pass gives the output and whichever statistics this call's capture records.
+            out, stats = native.layer_norm(x, self.weight, self.bias, self.eps,
+                                           [n for n, w in zip(native.LAYER_NORM_STATS, wanted) if w])
+            for name, hook, w in zip(native.LAYER_NORM_STATS, self._stat_hooks, wanted):
+                if w:
+                    hook(stats[name])
+            return out
         mean = self.hook_in_mean(x.mean(-1)).unsqueeze(-1)                         # (B, T, 1)
         var = self.hook_in_var(x.var(-1, unbiased=False)).unsqueeze(-1)             # (B, T, 1)
         x_hat = self.hook_normalized((x - mean) * torch.rsqrt(var + self.eps))     # (B, T, d)
@@ -188,6 +187,9 @@ class CausalSelfAttention(nn.Module):
         self.hook_attn_scores = HookPoint()  # (B, nh, T, S) scaled, masked with -inf, pre-softmax
         self.hook_pattern = HookPoint()      # (B, nh, T, S) softmax, before dropout
         self.hook_z = HookPoint()            # (B, T, nh, hs) weighted values per head
+        # In the order hooks.recorded() answers for them (a plain tuple, not a submodule list).
+        self._hook_points = (self.hook_q, self.hook_k, self.hook_v, self.hook_attn_scores, self.hook_pattern,
+                       self.hook_z)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         B, T, d = x.shape
@@ -222,33 +224,25 @@ class CausalSelfAttention(nn.Module):
         """The C kernel serves a prompt without cache when no dropout is on and no hook edits."""
         if self.training and self.attn_dropout.p > 0:
             return False
-        cap = active_capture()
-        edits = cap is not None and cap.hooks and any(
-            h.name in cap.hooks for h in (self.hook_q, self.hook_k, self.hook_v, self.hook_attn_scores,
-                                          self.hook_pattern, self.hook_z))
-        return native.ready(qkv) and not edits
+        return native.ready(qkv) and recorded(self._hook_points) is not None
 
     def _native_forward(self, qkv: torch.Tensor) -> torch.Tensor:
         """The forward above in one native call, with the same hook points (the same tensors to float
         rounding); scores and pattern are made only when a capture records them."""
         B, T, three_d = qkv.shape
         d, nh, hs = three_d // 3, self.n_head, self.head_dim
-        cap = active_capture()
-        if cap is None:
-            z = native.attention(qkv, nh)[0]                                      # (B, T, d)
-        else:
-            hook_q, hook_k, hook_v = self.hook_q, self.hook_k, self.hook_v
-            if cap.wanted(hook_q.name) or cap.wanted(hook_k.name) or cap.wanted(hook_v.name):
-                q, k, v = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)      # (B, nh, T, hs)
-                hook_q(q)
-                hook_k(k)
-                hook_v(v)
-            z, scores, pattern = native.attention(qkv, nh, scores=cap.wanted(self.hook_attn_scores.name),
-                                                  pattern=cap.wanted(self.hook_pattern.name))  # (B, nh, T, T)
-            if scores is not None:
-                self.hook_attn_scores(scores)
-            if pattern is not None:
-                self.hook_pattern(pattern)
+        want_q, want_k, want_v, want_scores, want_pattern, want_z = recorded(self._hook_points)
+        if want_q or want_k or want_v:
+            q, k, v = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)          # (B, nh, T, hs)
+            self.hook_q(q)
+            self.hook_k(k)
+            self.hook_v(v)
+        z, scores, pattern = native.attention(qkv, nh, scores=want_scores, pattern=want_pattern)  # (B, T, d)
+        if scores is not None:
+            self.hook_attn_scores(scores)                                         # (B, nh, T, T)
+        if pattern is not None:
+            self.hook_pattern(pattern)                                            # (B, nh, T, T)
+        if want_z:
             self.hook_z(z.view(B, T, nh, hs))                                     # (B, T, nh, hs)
         return self.resid_dropout(self.c_proj(z))                                 # (B, T, d)
 
