@@ -148,6 +148,28 @@ static void gelu_span(const float *x, float *y, int64_t n) {
     for (; i < n; i++) y[i] = gelu_one(x[i]);
 }
 
+/* row[0..n) = softmax(row[0..n)), in place. */
+static void softmax_row(float *row, int64_t n) {
+    float mx = -INFINITY, sum = 0.0f;
+    for (int64_t s = 0; s < n; s++) mx = row[s] > mx ? row[s] : mx;
+    int64_t s = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256 vsum = _mm256_setzero_ps();
+    const __m256 vmx = _mm256_set1_ps(mx);
+    for (; s + 8 <= n; s += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(row + s), vmx));
+        _mm256_storeu_ps(row + s, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vsum);
+    for (int j = 0; j < 8; j++) sum += lanes[j];
+#endif
+    for (; s < n; s++) { row[s] = expf(row[s] - mx); sum += row[s]; }
+    const float inv = 1.0f / sum;
+    for (s = 0; s < n; s++) row[s] *= inv;
+}
+
 /* ---- kernels ------------------------------------------------------------------------------------ */
 
 /* Columns [c0, c1) of y = b + x W, W (K, N) row-major. Four rows at a time, so y (in L1/L2) is
@@ -204,21 +226,17 @@ static void attention_part(const float *qkv, float *kc, float *vc, float *z, flo
         float *K = kc + h * max_len * hs, *V = vc + h * max_len * hs;
         memcpy(K + pos * hs, qkv + d + h * hs, (size_t)hs * sizeof(float));
         memcpy(V + pos * hs, qkv + 2 * d + h * hs, (size_t)hs * sizeof(float));
-        float mx = -INFINITY;
         for (int64_t s = 0; s < S; s++) {
             const float *k = K + s * hs;
             float dot = 0.0f;
             for (int64_t j = 0; j < hs; j++) dot += q[j] * k[j];
             sc[s] = dot * scale;
-            if (sc[s] > mx) mx = sc[s];
         }
-        float sum = 0.0f;
-        for (int64_t s = 0; s < S; s++) { sc[s] = expf(sc[s] - mx); sum += sc[s]; }
-        const float inv = 1.0f / sum;
+        softmax_row(sc, S);
         float *zh = z + h * hs;
         for (int64_t j = 0; j < hs; j++) zh[j] = 0.0f;
         for (int64_t s = 0; s < S; s++) {
-            const float pw = sc[s] * inv, *v = V + s * hs;
+            const float pw = sc[s], *v = V + s * hs;
             for (int64_t j = 0; j < hs; j++) zh[j] += pw * v[j];
         }
     }
@@ -447,28 +465,8 @@ void gpt2_gelu(const float *x, float *y, int64_t n, int threads) {
  * Both products run on the 6 x 16 kernel above, six queries at a time: the scores of a block are
  * (q / sqrt(hs)) K^T, with K packed in 16-key panels, and its z the softmax rows times V, with V
  * packed in 16-column panels. A thread takes whole heads, and packs each head's Q, K and V once. */
-static void softmax_row(float *row, int64_t n) {
-    float mx = -INFINITY, sum = 0.0f;
-    for (int64_t s = 0; s < n; s++) mx = row[s] > mx ? row[s] : mx;
-    int64_t s = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-    __m256 vsum = _mm256_setzero_ps();
-    const __m256 vmx = _mm256_set1_ps(mx);
-    for (; s + 8 <= n; s += 8) {
-        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(row + s), vmx));
-        _mm256_storeu_ps(row + s, e);
-        vsum = _mm256_add_ps(vsum, e);
-    }
-    float lanes[8];
-    _mm256_storeu_ps(lanes, vsum);
-    for (int j = 0; j < 8; j++) sum += lanes[j];
-#endif
-    for (; s < n; s++) { row[s] = expf(row[s] - mx); sum += row[s]; }
-    const float inv = 1.0f / sum;
-    for (s = 0; s < n; s++) row[s] *= inv;
-}
-
-int64_t gpt2_attention_scratch_floats(int64_t T, int64_t hs) {
+/* Floats of scratch a thread needs: its head's packed Q, K and V, and one block's scores, softmax and z. */
+static int64_t attention_scratch_floats(int64_t T, int64_t hs) {
     const int64_t Tq = (T + MR - 1) / MR * MR, Tk = (T + NR - 1) / NR * NR, hsp = (hs + NR - 1) / NR * NR;
     return Tq * hs + Tk * hs + hsp * Tk + MR * Tk + Tk * MR + MR * hsp;
 }
@@ -478,7 +476,7 @@ int gpt2_attention(const float *qkv, int64_t B, int64_t T, int64_t nh, int64_t h
     const int64_t d = nh * hs, ld = 3 * d;
     const float scale = 1.0f / sqrtf((float)hs);
     const int64_t Tq = (T + MR - 1) / MR * MR, Tk = (T + NR - 1) / NR * NR, hsp = (hs + NR - 1) / NR * NR;
-    const int64_t per_thread = gpt2_attention_scratch_floats(T, hs);
+    const int64_t per_thread = attention_scratch_floats(T, hs);
     if (threads < 1) threads = 1;
     float *scratch = malloc((size_t)threads * per_thread * sizeof(float));
     if (!scratch) return -1;
