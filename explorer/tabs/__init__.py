@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import importlib
 
-TAB_MODULES = ["tokenizer_tab", "attention_tab", "layernorm_tab", "gelu_tab", "sampling_tab",
-               "generate_tab", "train_tab", "model_tab"]
+TAB_MODULES = ["tokenizer_tab", "walkthrough_tab", "embeddings_tab", "attention_tab", "layernorm_tab",
+               "gelu_tab", "sampling_tab", "why_tab", "score_tab", "compare_tab", "generate_tab", "train_tab",
+               "model_tab"]
 
 
 def load_tabs():
