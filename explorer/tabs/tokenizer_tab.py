@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..components import Slider
+from gpt2core import merges
+from gpt2core.tokenizer import printable
+
+from ..components import Number, Slider
+from ..compute import merges as merge_compute
 from ..compute.tokens import (MAX_TOKENS, MAX_WINDOWS, coverage, partial_labels, sliding_windows,
                               split_characters, split_rows, stats_markdown, text_stats, token_view,
                               tokens_per_word, windows_markdown, word_token_counts)
 from ..context import AppContext
 from ..errors import handle
+from ..figures.merges import chunks_html, merge_ladder
 from ..figures.tokens import coverage_lines, token_chips_html, tokens_per_word_bars, window_grid
 from ..inputs import check_number, prepare_prompt
 
@@ -27,6 +32,18 @@ To train, the text's tokens are cut into **windows** of a fixed length (the cont
 **target** of a window is the same tokens shifted by one step: under each input token sits the token
 that comes right after it. So the model learns one thing, over and over: **predict the next token**
 from the tokens before it. The **stride** is how far the next window starts from the previous one.
+"""
+MERGES_EXPLANATION = """
+### How BPE builds each token
+Before any merging, GPT-2's regular expression cuts the text into **chunks**: a word with the space
+before it, a number, a run of punctuation, a run of whitespace. Byte-pair encoding (BPE) then works
+on one chunk at a time. It starts from the chunk's bytes and, step by step, joins the adjacent pair
+that comes **first in GPT-2's list of {n_merges:,} learned merges** (`vocab.bpe`; a low rank means a pair
+that was frequent in GPT-2's training text), until no adjacent pair is in the list.
+
+**What to look at:** common words are rebuilt from their letters in a handful of merges, ending in a
+single token, while a rare word stops early, still in several pieces. Pick a chunk by its number
+(the numbers under the chunks below); -1 takes the chunk with the most merges.
 """
 SPLIT_HEADERS = ["character", "code point", "UTF-8 bytes", "tokens", "which tokens (position, id, bytes)"]
 EXAMPLES = [
@@ -63,6 +80,20 @@ def build(ctx: AppContext) -> None:
     windows_md = gr.Markdown(elem_id="tokenizer-windows-info")
     windows_plot = gr.Plot(elem_id="tokenizer-windows", label="Training windows")
 
+    gr.Markdown(MERGES_EXPLANATION.format(n_merges=len(merges.merge_ranks())))
+    with gr.Row():
+        chunk_index = Number(-1, precision=0, minimum=-1, label="Chunk to take apart (-1 = most merges)",
+                             elem_id="tokenizer-chunk")
+        merges_btn = gr.Button("Show merges", elem_id="tokenizer-merges-run")
+    chunks_view = gr.HTML(elem_id="tokenizer-chunks", label="Chunks")
+    merges_md = gr.Markdown(elem_id="tokenizer-merges-info")
+    ladder_plot = gr.Plot(elem_id="tokenizer-merge-ladder", label="Merge steps")
+    merges_table = gr.Dataframe(headers=merge_compute.MERGE_HEADERS, interactive=False,
+                                elem_id="tokenizer-merges", label="Each merge, in the order BPE made it")
+    gr.Markdown(merge_compute.map_markdown())
+    bytes_table = gr.Dataframe(headers=merge_compute.BYTE_HEADERS, interactive=False,
+                               elem_id="tokenizer-bytes", label="The chunk's bytes and their GPT-2 symbols")
+
     @handle
     def show_tokens(text, model_name, user_models):
         entry = ctx.model(model_name, user_models)
@@ -88,13 +119,30 @@ def build(ctx: AppContext) -> None:
         return (windows_markdown(tokens, n, s, w, entry.model.config.n_ctx),
                 window_grid(w.inputs, w.targets, w.starts, tokens))
 
+    @handle
+    def show_merges(text, index):
+        index = check_number(index, "Chunk", -1, None, integer=True)
+        view = merge_compute.merge_view(prepare_prompt(text, max_tokens=MAX_TOKENS, keep="start").text, index)
+        trace = view.trace
+        ladder = merge_ladder(trace.start, [(s.left, s.right, s.rank, s.pieces) for s in trace.steps],
+                              lambda piece: len(merges.bytes_of(piece)))
+        return (chunks_html([printable(c.data) for c in view.chunks], view.chunk.index),
+                merge_compute.summary_markdown(view), ladder, merge_compute.merge_rows(trace),
+                merge_compute.byte_rows(view.chunk))
+
+    merge_io = dict(fn=show_merges, inputs=[ctx.prompt, chunk_index],
+                    outputs=[chunks_view, merges_md, ladder_plot, merges_table, bytes_table])
     token_outputs = [chips, stats, coverage_plot, words_plot, splits, notices]
     token_inputs = [ctx.prompt, *ctx.model_inputs]
     window_inputs = [ctx.prompt, context_length, stride, *ctx.model_inputs]
     window_outputs = [windows_md, windows_plot]
 
     btn.click(show_tokens, token_inputs, token_outputs, api_name="tokenizer_breakdown").then(
-        show_windows, window_inputs, window_outputs, api_visibility="private")
+        show_windows, window_inputs, window_outputs, api_visibility="private").then(
+        **merge_io, api_visibility="private")
+    merges_btn.click(**merge_io, api_name="tokenizer_merges")
+    chunk_index.submit(**merge_io, api_visibility="private")
+    gr.on(ctx.refresh_triggers, **merge_io, api_visibility="private")
     windows_btn.click(show_windows, window_inputs, window_outputs, api_name="tokenizer_windows")
     gr.on(ctx.refresh_triggers, show_tokens, token_inputs, token_outputs, api_visibility="private")
     gr.on(ctx.refresh_triggers, show_windows, window_inputs, window_outputs, api_visibility="private")
