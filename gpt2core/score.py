@@ -1,0 +1,85 @@
+"""How likely the model finds each token of a text: log-probabilities, ranks and top alternatives.
+
+Token t (t >= 1) is scored against the model's prediction after tokens 0..t-1; token 0 has nothing
+before it and is not scored. A text longer than the context is read in windows of ``window`` tokens,
+each starting ``stride`` tokens after the last, and each window scores only the tokens the previous
+one did not reach, so every token after the first window is predicted from at least
+``window - stride`` tokens before it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model import GPT2
+
+
+@dataclass
+class TokenScores:
+    ids: list[int]              # the text's N ids
+    logprobs: np.ndarray        # (N-1,) natural-log probability of token t given the tokens before, t = 1..N-1
+    ranks: np.ndarray           # (N-1,) 1 = the model's most likely token; ties count in the token's favour
+    top_ids: np.ndarray         # (N-1, k) the model's k most likely tokens at each scored position
+    top_logprobs: np.ndarray    # (N-1, k)
+    window: int                 # tokens per window
+    stride: int                 # tokens between window starts (window when there is one window)
+    n_windows: int
+
+    @property
+    def surprisal_bits(self) -> np.ndarray:
+        return -self.logprobs / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        """e to the mean negative log-probability: as unsure as a fair pick among this many tokens."""
+        return float(math.exp(-self.logprobs.mean())) if self.logprobs.size else float("nan")
+
+    @property
+    def min_context(self) -> int:
+        """The fewest tokens any scored token (after the first window) was predicted from."""
+        return self.window - self.stride if self.n_windows > 1 else 1
+
+
+def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, end, first scored position) of each window over n tokens; together they score 1..n-1 once."""
+    out, start, next_target = [], 0, 1
+    while True:
+        end = min(start + window, n)
+        out.append((start, end, next_target))
+        if end >= n:
+            return out
+        next_target, start = end, start + stride
+
+
+def score_tokens(model: GPT2, ids, window: int | None = None, stride: int | None = None,
+                 top_k: int = 5) -> TokenScores:
+    """Score every token of ``ids`` after the first in one forward pass per window (see the module doc)."""
+    ids = [int(i) for i in ids]
+    if len(ids) < 2:
+        raise ValueError("scoring needs at least two tokens (the first one has nothing before it)")
+    window = min(int(window or model.config.n_ctx), model.config.n_ctx)
+    if window < 2:
+        raise ValueError("a window needs at least two tokens")
+    stride = int(stride or max(window // 2, 1))
+    if not 1 <= stride <= window - 1:
+        raise ValueError(f"stride must be between 1 and window - 1 = {window - 1}")
+    spans = windows(len(ids), window, stride)
+    logprobs, ranks, top_ids, top_lp = [], [], [], []
+    with torch.no_grad():
+        for start, end, first in spans:
+            logits = model(torch.tensor([ids[start:end]], dtype=torch.long))[0].float()
+            # the prediction for position j is made at position j - 1
+            pred = torch.log_softmax(logits[first - 1 - start:end - 1 - start], dim=-1)
+            target = torch.tensor(ids[first:end], dtype=torch.long)
+            actual = pred.gather(1, target[:, None])
+            logprobs.append(actual[:, 0])
+            ranks.append((pred > actual).sum(dim=1) + 1)
+            lp, ix = pred.topk(min(top_k, pred.shape[-1]), dim=-1)
+            top_ids.append(ix)
+            top_lp.append(lp)
+    return TokenScores(ids, torch.cat(logprobs).numpy(), torch.cat(ranks).numpy(),
+                       torch.cat(top_ids).numpy(), torch.cat(top_lp).numpy(),
+                       window, stride if len(spans) > 1 else window, len(spans))
