@@ -11,6 +11,7 @@ Shape key: S lens stages, T tokens, d n_embd, V vocab, L layers, nh heads, hs he
 """
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -49,12 +50,6 @@ def unembed(model: GPT2, resid: torch.Tensor) -> torch.Tensor:
     return model.lm_head(model.ln_f(resid))                                 # (N, V)
 
 
-def _rank_of(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """(N, V) logits, (N,) ids -> (N,) rank of each id in its row, 1 = largest."""
-    chosen = logits.gather(1, ids[:, None])                                  # (N, 1)
-    return (logits > chosen).sum(1) + 1                                      # (N,)
-
-
 def logit_lens(model: GPT2, ids, k: int = 5, track: Iterable[int] = ()) -> LogitLens:
     """The lens at every stage and position of one sequence ``ids`` (T,), in one captured forward pass."""
     stages = lens_stages(model.config.n_layer)
@@ -64,23 +59,28 @@ def logit_lens(model: GPT2, ids, k: int = 5, track: Iterable[int] = ()) -> Logit
         resid = torch.stack([cache[name] for _, name in stages])           # (S, T, d)
         S, T, d = resid.shape
         final_ids = logits.argmax(-1)                                        # (T,)
-        flat = resid.reshape(S * T, d)                                       # (S*T, d)
+        flat = resid[:-1].reshape((S - 1) * T, d)                            # ((S-1)*T, d)
+        # One chunk of rows at a time (a generator: all of them at once would be S*T*V floats). The last stage
+        # is the model's own output: its logits are the forward's, not recomputed.
+        chunks = itertools.chain((unembed(model, flat[i:i + LENS_ROWS]) for i in range(0, len(flat), LENS_ROWS)),
+                                 [logits])
         pos_ids = final_ids.repeat(S)                                        # (S*T,)
         top_ids, top_probs, ranks, probs = [], [], [], []
         tracked = {t: ([], []) for t in track}
-        for start in range(0, S * T, LENS_ROWS):
-            rows = slice(start, start + LENS_ROWS)
-            lens_logits = unembed(model, flat[rows])                         # (n, V)
-            logprobs = torch.log_softmax(lens_logits, -1)                    # (n, V)
-            values, indices = logprobs.topk(k, -1)                           # (n, k)
+        start = 0
+        for lens_logits in chunks:                                           # (n, V)
+            rows = slice(start, start + len(lens_logits))
+            start += len(lens_logits)
+            # torch's softmax, so the last stage is bit for bit softmax(the model's logits), its own distribution.
+            softmax = torch.softmax(lens_logits, -1)                         # (n, V)
+            values, indices = softmax.topk(k, -1)                            # (n, k)
             top_ids.append(indices)
-            top_probs.append(values.exp())
-            ranks.append(_rank_of(lens_logits, pos_ids[rows]))
-            probs.append(logprobs.gather(1, pos_ids[rows, None])[:, 0].exp())
-            for t, (t_ranks, t_probs) in tracked.items():
-                same = torch.full_like(pos_ids[rows], t)                     # (n,)
-                t_ranks.append(_rank_of(lens_logits, same))
-                t_probs.append(logprobs[:, t].exp())
+            top_probs.append(values)
+            for t_ids, t_ranks, t_probs in [(pos_ids[rows], ranks, probs)] + [
+                    (torch.full_like(pos_ids[rows], t), *tracked[t]) for t in track]:
+                chosen = lens_logits.gather(1, t_ids[:, None])               # (n, 1)
+                t_ranks.append((lens_logits > chosen).sum(1) + 1)            # (n,) 1 = top
+                t_probs.append(softmax.gather(1, t_ids[:, None])[:, 0])
     cat = lambda parts, *shape: torch.cat(parts).reshape(S, T, *shape)     # noqa: E731
     return LogitLens(stages=[label for label, _ in stages], top_ids=cat(top_ids, k), top_probs=cat(top_probs, k),
                      final_ids=final_ids, final_ranks=cat(ranks), final_probs=cat(probs),
@@ -135,8 +135,8 @@ def attribute(model: GPT2, ids, target: int | None = None, contrast: int | None 
     if target is None:
         target = int(logits[p].argmax())
     with torch.no_grad():
-        W_U = model.lm_head.weight.double()                                  # (V, d)
-        direction = W_U[target] - (W_U[contrast] if contrast is not None else 0)   # (d,)
+        W_U = model.lm_head.weight                                           # (V, d)
+        direction = W_U[target].double() - (W_U[contrast].double() if contrast is not None else 0)   # (d,)
         scale = float(torch.sqrt(cache["ln_f.hook_in_var"][p].double() + model.ln_f.eps))
         u = direction * model.ln_f.weight.double() / scale                   # (d,)
         u = u - u.mean()    # (c - mean c) . u == c . (u - mean u): centring moves onto the direction

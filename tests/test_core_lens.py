@@ -46,7 +46,7 @@ def test_last_stage_is_the_models_own_output(which, request, ids):
     expected_p, expected_ids = torch.softmax(logits, -1).topk(5, -1)      # the model's own distribution
     assert torch.equal(lens.final_ids, logits.argmax(-1))
     assert torch.equal(lens.top_ids[-1], expected_ids)
-    torch.testing.assert_close(lens.top_probs[-1], expected_p, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(lens.top_probs[-1], expected_p, atol=0, rtol=0)
     assert torch.all(lens.final_ranks[-1] == 1)
     torch.testing.assert_close(lens.logits, logits, atol=0, rtol=0)
     # The unembedding of the last residual is exactly what the model computes.
