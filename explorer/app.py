@@ -53,9 +53,10 @@ def build_app(registry: ModelRegistry) -> gr.Blocks:
             return model_status(entry)
 
         model_choice.change(select_model, ctx.model_inputs, [status, banner], api_name="select_model")
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as ctx.tabs:
             for tab in load_tabs():
-                with gr.Tab(tab.TITLE, elem_id=f"tab-{tab.__name__.rsplit('.', 1)[-1].removesuffix('_tab')}"):
+                short = tab.__name__.rsplit('.', 1)[-1].removesuffix('_tab')
+                with gr.Tab(tab.TITLE, id=short, elem_id=f"tab-{short}"):   # id: gr.Tabs(selected=short)
                     tab.build(ctx)
     demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=CONCURRENCY)
     return demo

@@ -1,7 +1,7 @@
 """What every tab's build() gets: the shared header components and the model registry."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 
@@ -16,6 +16,8 @@ class AppContext:
     model_choice: gr.Dropdown   # this user's model (elem_id "model-choice"); also an API argument
     user_models: gr.State       # {name: ModelEntry} trained in this session (Train tab)
     demo: gr.Blocks             # the app, for its page-load event
+    tabs: gr.Tabs | None = None  # the tab bar: gr.Tabs(selected=<short name>) as an output switches tabs
+    shared: dict = field(default_factory=dict)   # what a tab offers later tabs, e.g. "score": its event kwargs
 
     @property
     def refresh_triggers(self) -> list:

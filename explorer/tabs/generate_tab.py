@@ -7,11 +7,11 @@ import time
 import gradio as gr
 
 from ..components import Number, Slider
-from ..compute.generation import generate_tokens, summary
+from ..compute.generation import continuation_text, generate_tokens, summary
 from ..context import AppContext
 from ..errors import handle
 from ..figures.generation import percent, probability_line, tokens_html
-from ..inputs import MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, check_number, prepare_prompt
+from ..inputs import MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, InputError, check_number, prepare_prompt
 
 TITLE = "Generate"
 EXPLANATION = """
@@ -52,6 +52,8 @@ def build(ctx: AppContext) -> None:
     with gr.Row():
         run = gr.Button("Generate", variant="primary", elem_id="generate-run")
         stop = gr.Button("Stop", variant="stop", elem_id="generate-stop")
+        to_score = (gr.Button("Score this text", elem_id="generate-to-score") if "score" in ctx.shared else None)
+    generated = gr.State("")   # this session's prompt + continuation, for "Score this text"
     output = gr.HTML(elem_id="generate-text", label="Generated text")
     probs_plot = gr.Plot(label="Probability per token", elem_id="generate-probs")
     info = gr.Markdown(elem_id="generate-summary")
@@ -72,7 +74,7 @@ def build(ctx: AppContext) -> None:
             notices = (f"{notices}\n\nⓘ This model sees at most {n_ctx} tokens: once the text is longer, "
                        f"each new token is predicted from the last {n_ctx} only.").strip()
         tokens = []
-        yield notices, tokens_html(prompt.text, tokens, "generating…"), None, ""
+        yield notices, tokens_html(prompt.text, tokens, "generating…"), None, "", prompt.text
         start, reason = time.monotonic(), f"reached {n_new} new tokens"
         for tok in generate_tokens(entry.model, prompt.ids, n_new, temp, k, p, seed_value):
             tokens.append(tok)
@@ -82,18 +84,30 @@ def build(ctx: AppContext) -> None:
                 reason = f"time limit of {TIME_LIMIT} s"
                 break
             plot = plot_of(tokens) if len(tokens) % PLOT_EVERY == 0 else gr.skip()
-            yield notices, tokens_html(prompt.text, tokens, f"generating… {len(tokens)}/{n_new}"), plot, ""
+            yield (notices, tokens_html(prompt.text, tokens, f"generating… {len(tokens)}/{n_new}"), plot, "",
+                   prompt.text + continuation_text(tokens))
         s = summary(tokens)
         info_md = (f"**{s['n']}** new tokens (stopped: {reason}). "
                    f"Average probability **{percent(s['mean_prob'])}**; perplexity **{s['perplexity']:.1f}** "
                    f"(as unsure as a fair pick among that many tokens); least likely pick: "
                    f"“{md_text(s['least_label'])}” (#{s['least_index'] + 1}, {percent(s['least_prob'])}).")
-        yield notices, tokens_html(prompt.text, tokens), plot_of(tokens), info_md
+        yield (notices, tokens_html(prompt.text, tokens), plot_of(tokens), info_md,
+               prompt.text + continuation_text(tokens))
 
     def plot_of(tokens):
         return probability_line([t.label for t in tokens], [t.prob for t in tokens],
                                 [t.sampled_prob for t in tokens])
 
     event = run.click(generate, [ctx.prompt, temperature, top_k, top_p, max_new, seed, *ctx.model_inputs],
-                      [notice, output, probs_plot, info], api_name="generate")
+                      [notice, output, probs_plot, info, generated], api_name="generate")
     stop.click(None, None, None, cancels=[event])
+
+    @handle
+    def send_to_score(text):
+        if not text:
+            raise InputError("Generate some text first, then score it.")
+        return text, gr.Tabs(selected="score")
+
+    if to_score is not None:   # puts prompt + continuation in the prompt box, opens Score and scores it
+        to_score.click(send_to_score, [generated], [ctx.prompt, ctx.tabs], api_visibility="private").success(
+            **ctx.shared["score"], api_visibility="private")
