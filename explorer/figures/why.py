@@ -1,0 +1,137 @@
+"""Figures of the "Why this token?" tab: the logit lens, the logit attribution, ablations. Pure: arrays in,
+plotly Figure out."""
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .common import DIVERGING, SEQUENTIAL, style, unique_labels
+
+CELL_CHARS = 7          # a lens cell shows at most this many characters of its token
+ATTN_COLOUR, MLP_COLOUR, OTHER_COLOUR = "#4c78a8", "#f58518", "#9d9d9d"
+BEFORE_COLOUR, AFTER_COLOUR = "#9d9d9d", "#e45756"
+
+
+def _esc(text: str) -> str:
+    """Plotly reads <...> as markup: a token such as <|endoftext|> would vanish."""
+    return html.escape(text, quote=False)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= CELL_CHARS else text[:CELL_CHARS - 1] + "…"
+
+
+def _r(a, digits: int = 4) -> np.ndarray:
+    return np.round(np.asarray(a, dtype=np.float64), digits)
+
+
+def lens_heatmap(stages: list[str], tokens: list[str], top_text: list[list[str]], top_prob: np.ndarray,
+                 hover: list[list[str]], position: int | None = None) -> go.Figure:
+    """Stages (rows, first at the top) x prompt positions: each cell's top-1 token, coloured by its probability."""
+    S, T = np.shape(top_prob)
+    if len(stages) != S or len(tokens) != T or np.shape(top_text)[:2] != (S, T):
+        raise ValueError(f"need (S, T) cells with S stage and T token labels, got {np.shape(top_prob)}, "
+                         f"{len(stages)} stages and {len(tokens)} tokens")
+    x = unique_labels([_esc(t) for t in tokens])
+    cells = [[_esc(_short(t)) for t in row] for row in top_text]
+    fig = go.Figure(go.Heatmap(
+        z=_r(top_prob, 3), x=x, y=stages, text=cells, texttemplate="%{text}", textfont=dict(size=9),
+        customdata=[[_esc(h).replace("&lt;br&gt;", "<br>") for h in row] for row in hover],
+        colorscale=SEQUENTIAL, zmin=0, zmax=1, colorbar=dict(title="top-1<br>prob."),
+        hovertemplate="after %{x}, stage %{y}<br>%{customdata}<extra></extra>"))
+    if position is not None:
+        fig.add_shape(type="rect", x0=position - 0.5, x1=position + 0.5, y0=-0.5, y1=S - 0.5,
+                      line=dict(color="#e4572e", width=2))
+    fig.update_xaxes(type="category", title="position: the token the prediction comes after", tickangle=-45,
+                     tickfont=dict(size=10), showgrid=False)
+    fig.update_yaxes(type="category", autorange="reversed", title="stage of the residual stream", showgrid=False)
+    height = int(min(1100, max(360, 120 + 22 * S)))
+    return style(fig, "Logit lens: what each stage would predict next (top-1 token, coloured by its probability)",
+                 height=height)
+
+
+def lens_lines(stages: list[str], series: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> go.Figure:
+    """For one position: each tracked token's probability (left) and rank (right, log scale, 1 on top)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("probability", "rank (1 = top)"), horizontal_spacing=0.1)
+    colours = ["#4c78a8", "#e45756", "#54a24b"]
+    for (name, (probs, ranks)), colour in zip(series.items(), colours):
+        label = _esc(name)
+        fig.add_trace(go.Scatter(x=stages, y=_r(probs, 5), mode="lines+markers", name=label, legendgroup=label,
+                                 line=dict(color=colour), hovertemplate=f"{label}<br>%{{x}}: %{{y:.2%}}<extra></extra>"),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=stages, y=np.asarray(ranks, dtype=np.int64), mode="lines+markers", name=label,
+                                 legendgroup=label, showlegend=False, line=dict(color=colour),
+                                 hovertemplate=f"{label}<br>%{{x}}: rank %{{y:,}}<extra></extra>"), row=1, col=2)
+    fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=1)
+    fig.update_yaxes(type="log", autorange="reversed", row=1, col=2)
+    fig.update_xaxes(tickangle=-45, tickfont=dict(size=9))
+    fig.update_layout(legend=dict(orientation="h", x=0, y=1.12, yanchor="bottom"))
+    fig = style(fig, title, height=420)
+    fig.update_layout(margin=dict(t=110))
+    return fig
+
+
+def _symmetric(values: np.ndarray) -> float:
+    top = float(np.nanmax(np.abs(values))) if np.size(values) else 0.0
+    return top if top > 0 else 1.0
+
+
+def head_heatmap(values: np.ndarray, title: str, colorbar: str, hover_unit: str) -> go.Figure:
+    """Layers (rows) x heads: a signed number per head, on a diverging scale centred on 0."""
+    values = np.asarray(values, dtype=np.float64)
+    L, nh = values.shape
+    top = _symmetric(values)
+    fig = go.Figure(go.Heatmap(
+        z=_r(values), x=[f"H{h}" for h in range(nh)], y=[f"L{l}" for l in range(L)],
+        colorscale=DIVERGING, zmid=0, zmin=-top, zmax=top, colorbar=dict(title=colorbar),
+        text=[[f"{v:+.2f}" for v in row] for row in values], texttemplate="%{text}" if L * nh <= 200 else "",
+        hovertemplate=f"layer %{{y}}, head %{{x}}: %{{z:+.3f}} {hover_unit}<extra></extra>"))
+    fig.update_xaxes(title="head", type="category", showgrid=False)
+    fig.update_yaxes(title="layer", type="category", autorange="reversed", showgrid=False)
+    return style(fig, title, height=int(min(700, max(300, 120 + 34 * L))))
+
+
+def layer_bars(attn: np.ndarray, mlp: np.ndarray, embed: float, pos_embed: float, ln_f_bias: float,
+               title: str) -> go.Figure:
+    """Every part's share of the logit in the order the forward pass adds them: the embeddings, then per
+    layer its attention (heads and bias) and its MLP, then ln_f's bias. The bars add up to the logit."""
+    L = len(attn)
+    layers = [f"L{l}" for l in range(L)]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=["token emb.", "position emb."], y=_r([embed, pos_embed]), name="embeddings",
+                         marker_color=OTHER_COLOUR, hovertemplate="%{x}: %{y:+.3f}<extra></extra>"))
+    fig.add_trace(go.Bar(x=layers, y=_r(attn), name="attention (heads + bias)", marker_color=ATTN_COLOUR,
+                         hovertemplate="%{x} attention: %{y:+.3f}<extra></extra>"))
+    fig.add_trace(go.Bar(x=layers, y=_r(mlp), name="MLP", marker_color=MLP_COLOUR,
+                         hovertemplate="%{x} MLP: %{y:+.3f}<extra></extra>"))
+    fig.add_trace(go.Bar(x=["ln_f bias"], y=_r([ln_f_bias]), name="ln_f bias", marker_color="#bab0ac",
+                         hovertemplate="ln_f bias: %{y:+.3f}<extra></extra>"))
+    fig.update_layout(barmode="group", legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom"))
+    fig.update_xaxes(type="category", categoryorder="array",
+                     categoryarray=["token emb.", "position emb.", *layers, "ln_f bias"])
+    fig.update_yaxes(title="share of the logit", zeroline=True, zerolinecolor="#888")
+    fig = style(fig, title, height=400)
+    fig.update_layout(margin=dict(t=90))
+    return fig
+
+
+def before_after_bars(tokens: list[str], ids: list[int], before: np.ndarray, after: np.ndarray,
+                      title: str) -> go.Figure:
+    """The next-token distribution before and after an ablation, token by token."""
+    seen: dict[str, int] = {}
+    for t in tokens:
+        seen[t] = seen.get(t, 0) + 1
+    x = [_esc(f"{t} (#{i})" if seen[t] > 1 else t) for t, i in zip(tokens, ids)]
+    fig = go.Figure()
+    for name, values, colour in (("before", before, BEFORE_COLOUR), ("after the ablation", after, AFTER_COLOUR)):
+        fig.add_trace(go.Bar(x=x, y=_r(values, 5), name=name, marker_color=colour, customdata=ids,
+                             hovertemplate=f"%{{x}} (id %{{customdata}})<br>{name}: %{{y:.2%}}<extra></extra>"))
+    fig.update_layout(barmode="group", legend=dict(orientation="h", x=0, y=1.0, yanchor="bottom"))
+    fig.update_xaxes(type="category", tickangle=-45, title="next token")
+    fig.update_yaxes(title="probability", tickformat=".0%", rangemode="tozero")
+    fig = style(fig, title, height=400)
+    fig.update_layout(margin=dict(t=90))
+    return fig
