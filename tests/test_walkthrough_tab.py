@@ -57,6 +57,8 @@ def test_step_markdown_prints_the_computed_statistics(tiny, prompt):
     assert f"std {n['std_in']:.4g} → after" in md
     masked = step_markdown(tr.step("blocks.0.attn.masked"), 9, 3)
     assert f"4 keys visible, {T - 4} later ones masked" in masked
+    last = walkthrough_run(tiny, prompt.ids, -1).step("blocks.0.attn.masked")
+    assert f"all {T} keys visible" in step_markdown(last, 9, T - 1)
     assert "next token:" in step_markdown(tr.step("final.probs"), 22, 3)
 
 

@@ -50,7 +50,9 @@ def step_markdown(step: Step, number: int, position: int) -> str:
                      f"std {n['std_out']:.4g}")
     if "masked_keys" in n:
         lines.append(f"{n['visible_keys']} keys visible, {n['masked_keys']} later ones masked "
-                     "(statistics over the visible ones)")
+                     "(statistics over the visible ones)" if n["masked_keys"] else
+                     f"all {n['visible_keys']} keys visible: the last token sees every earlier one "
+                     "(follow an earlier token to see the mask at work)")
     if "top" in n:
         lines.append("next token: " + ", ".join(f"{_code(text)} {p:.1%}" for _, text, p in n["top"]))
     return "  \n".join(lines)

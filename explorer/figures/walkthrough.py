@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from .common import DIVERGING, FONT, SEQUENTIAL, unique_labels
 
 MASK_GREY = "#d9d9d9"
+_BAR = dict(thickness=8, len=1.0, nticks=3)   # three ticks: more crowd a 60-pixel strip
 STRIP_HEIGHT = 120
 ROW_HEIGHT = 22      # per head row
 
@@ -44,7 +45,7 @@ def vector_strip(values, title: str | None = None) -> go.Figure:
     v = np.asarray(values, dtype=np.float64).ravel()
     m = _symmetric(v)
     return _small(go.Heatmap(z=_r(v)[None, :], colorscale=DIVERGING, zmid=0, zmin=-m, zmax=m,
-                             colorbar=dict(thickness=8, len=1.0),
+                             colorbar=_BAR,
                              hovertemplate="dimension %{x}: %{z:.4g}<extra></extra>"),
                   STRIP_HEIGHT, title, yaxis=dict(visible=False),
                   xaxis=dict(title=dict(text=f"dimension (0 … {v.size - 1})", standoff=2)))
@@ -55,7 +56,7 @@ def head_rows(values, title: str | None = None) -> go.Figure:
     v = np.asarray(values, dtype=np.float64)
     m = _symmetric(v)
     return _small(go.Heatmap(z=_r(v), y=[f"head {h}" for h in range(v.shape[0])], colorscale=DIVERGING,
-                             zmid=0, zmin=-m, zmax=m, colorbar=dict(thickness=8, len=1.0),
+                             zmid=0, zmin=-m, zmax=m, colorbar=_BAR,
                              hovertemplate="%{y}, dimension %{x}: %{z:.4g}<extra></extra>"),
                   70 + ROW_HEIGHT * v.shape[0], title, yaxis=dict(autorange="reversed", type="category"),
                   xaxis=dict(title=dict(text="dimension within the head", standoff=2)))
@@ -74,7 +75,7 @@ def key_rows(values, tokens: list[str], probabilities: bool = False, title: str 
         scale = dict(colorscale=DIVERGING, zmid=0, zmin=-m, zmax=m)
     labels = unique_labels(_safe(tokens))
     return _small(go.Heatmap(z=_r(z), x=labels, y=[f"head {h}" for h in range(v.shape[0])], **scale,
-                             hoverongaps=False, colorbar=dict(thickness=8, len=1.0),
+                             hoverongaps=False, colorbar=_BAR,
                              hovertemplate="%{y} → key %{x}: %{z:.4g}<extra></extra>"),
                   110 + ROW_HEIGHT * v.shape[0], title, plot_bgcolor=MASK_GREY,
                   yaxis=dict(autorange="reversed", type="category"),

@@ -17,7 +17,7 @@ EXPLANATION = """
 `wte` and its position's row of `wpe`.** Look at which tokens have rows pointing the same way
 (training puts words used alike near each other), and at the position heatmap below: GPT-2's learned
 positions have a visible structure, neighbouring positions alike, while an untrained model's random
-table has none (the grey-bordered heatmap beside it, or switch the model).
+table has none (the heatmap beside it, drawn from the same random init a model starts with; or switch the model).
 
 The similarity is the **cosine** of the angle between two rows (1: the same direction, 0: unrelated).
 The projection squeezes the vectors (d numbers each) onto the two directions along which they differ

@@ -14,8 +14,8 @@ TITLE = "Walkthrough"
 EXPLANATION = """
 **Follow one token through the whole model:** pick a token, and read down the list to see each step
 of the forward pass change its vector, with the shape of the tensor at that step and the token's statistics.
-Watch the shapes (d → heads → d → 4d → d), the norm ‖v‖ grow at each residual add, and LayerNorm reset
-the mean to about 0 and the std to about 1 before each layer.
+Watch the shapes (d → heads → d → 4d → d), the norm ‖v‖ grow at each residual add, and each LayerNorm
+bring a wide-ranging vector back to mean 0 and std 1 before its learned scale γ and shift β.
 
 Each step shows its formula in one line, the shape of its tensor for the whole prompt, and the chosen
 token's part of it as a strip of coloured cells (red positive, blue negative; hover for the value).
