@@ -25,7 +25,9 @@ def distribution_pair_bars(tokens: list[str], p_a, p_b, label_a: str, label_b: s
                           "A − B: %{customdata[3]} points<extra></extra>"))
     fig.update_layout(barmode="group", legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
     fig.update_yaxes(autorange="reversed", type="category", title=None)
-    fig.update_xaxes(title="probability of the next token", tickformat=".0%", rangemode="tozero")
+    top = float(max(p_a.max(initial=0), p_b.max(initial=0)))
+    fig.update_xaxes(title="probability of the next token", tickformat=".0%" if top >= 0.1 else ".1%",
+                     rangemode="tozero")
     fig = style(fig, "Next token: both distributions (top: A more likely · bottom: B more likely)",
                 height=140 + 34 * max(len(tokens), 1))
     fig.update_layout(margin=dict(t=90))

@@ -59,6 +59,7 @@ def merge_ladder(start: tuple[str, ...], steps: list[tuple[str, str, int, tuple[
             x += n
     fig = go.Figure(go.Bar(
         y=y, x=width, base=base, orientation="h", text=text, textposition="inside", insidetextanchor="middle",
+        textangle=0, constraintext="none",
         marker=dict(color=color, line=dict(color="white", width=2)), customdata=hover,
         hovertemplate="%{customdata}<extra></extra>", textfont=dict(family="monospace", size=13)))
     fig.update_yaxes(autorange="reversed", type="category", title=None)

@@ -74,7 +74,7 @@ def rank_histogram_bars(counts, bin_labels, bin_buckets, bucket_names) -> go.Fig
         x=list(bin_labels), y=list(counts), marker=dict(color=[BUCKET_COLORS[b] for b in bin_buckets],
                                                         line=dict(color="#666", width=0.5)),
         customdata=[[bucket_names[b], s] for b, s in zip(bin_buckets, shares)], text=list(counts),
-        textposition="auto",
+        textposition="auto", textangle=0,
         hovertemplate="rank %{x}: %{y} tokens (%{customdata[1]}), %{customdata[0]}<extra></extra>"))
     fig.update_xaxes(title="rank of the actual token (1 = the model's top guess)", type="category")
     fig.update_yaxes(title="tokens")

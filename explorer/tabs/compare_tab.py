@@ -71,8 +71,12 @@ def build(ctx: AppContext) -> None:
     summary = gr.Markdown(elem_id="compare-summary")
     bars = gr.Plot(elem_id="compare-distributions", label="Next-token distributions")
     with gr.Row():
-        chips_a = gr.HTML(elem_id="compare-tokens-a", label="Tokens of A")
-        chips_b = gr.HTML(elem_id="compare-tokens-b", label="Tokens of B")
+        with gr.Column():
+            gr.Markdown("**Tokens of A**")
+            chips_a = gr.HTML(elem_id="compare-tokens-a", label="Tokens of A")
+        with gr.Column():
+            gr.Markdown("**Tokens of B**")
+            chips_b = gr.HTML(elem_id="compare-tokens-b", label="Tokens of B")
     attn = gr.Plot(elem_id="compare-attention", label="Both attention patterns")
     diff_plot = gr.Plot(elem_id="compare-difference", label="Attention difference (B − A)")
 
