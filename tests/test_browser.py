@@ -74,3 +74,25 @@ def test_empty_prompt_shows_a_message(page):
     assert "empty" in " ".join(toast.all_inner_texts()).lower()
     page.screenshot(path=str(ARTIFACTS / "empty-prompt.png"))
     prompt.fill("The app keeps serving after a bad input.")
+
+
+def test_why_tab_explains_and_scans(page):
+    """The Why tab on an example: the lens and attribution draw, then an ablation and a head scan."""
+    page.get_by_role("tab", name="Why this token?").click()
+    panel = page.locator("#tab-why")
+    panel.locator("#why-examples").get_by_text("HAMLET.", exact=False).first.click()
+    page.locator("#why-run").click()
+    for plot in ("#why-lens", "#why-heads", "#why-layers"):
+        panel.locator(f"{plot} .js-plotly-plot").wait_for(state="visible", timeout=60_000)
+    page.locator("#why-ablate-heads textarea").fill("0.0, 1.1")
+    page.locator("#why-ablate").click()
+    page.locator("#why-scan").click()
+    for plot in ("#why-ablation", "#why-scan-plot"):
+        panel.locator(f"{plot} .js-plotly-plot").wait_for(state="visible", timeout=60_000)
+    assert "HAM" in page.locator("#prompt textarea").input_value()
+    assert "ablating head 0.0, head 1.1" in page.locator("#why-ablation-summary").inner_text()
+    assert "heads" in page.locator("#why-scan-summary").inner_text()
+    page.wait_for_timeout(800)
+    assert page.locator(".toast-body.error").count() == 0, page.locator(".toast-body").all_inner_texts()
+    page.screenshot(path=str(ARTIFACTS / "why-scan.png"), full_page=True)
+    assert not page.errors, page.errors

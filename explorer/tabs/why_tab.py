@@ -15,8 +15,8 @@ from ..inputs import MAX_VIEW_TOKENS, prepare_prompt
 TITLE = "Why this token?"
 EXPLANATION = """
 **Where does the prediction form, and which parts make it?** In the logit lens, read down a column to see at
-which stage the model's final pick (outlined position: your chosen one) first comes out on top; in the
-attribution, red heads and bars push the target token up and blue ones push it down.
+which stage the model's final pick first comes out on top (your chosen position is outlined); in the
+attribution, red heads and bars above zero push the target token up, blue heads and bars below zero push it down.
 
 - **Logit lens:** the residual stream is read after the embeddings, after each block's attention and after
   each block, and pushed through the final LayerNorm and the unembedding as if the model stopped there.
