@@ -13,6 +13,7 @@ prints the same steps as a log (name, shape, statistics), like the notebooks' ve
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from dataclasses import dataclass, field
@@ -49,9 +50,10 @@ class Step:
     block: int | None = None       # None: before the blocks or after them
     notes: dict = field(default_factory=dict)   # extra computed facts (LayerNorm mean/std, top tokens)
 
-    @property
+    @functools.cached_property
     def stats(self) -> dict[str, float]:
-        """mean, std (population), min, max and L2 norm of the vector's finite entries."""
+        """mean, std (population), min, max and L2 norm of the vector's finite entries (made once: the
+        tab and the log both read them)."""
         v = self.vector.double().flatten()
         v = v[torch.isfinite(v)]                                                 # (n,) masked scores dropped
         if v.numel() == 0:
