@@ -79,7 +79,7 @@ def logit_lens(model: GPT2, ids, k: int = 5, track: Iterable[int] = ()) -> Logit
             for t_ids, t_ranks, t_probs in [(pos_ids[rows], ranks, probs)] + [
                     (torch.full_like(pos_ids[rows], t), *tracked[t]) for t in track]:
                 chosen = lens_logits.gather(1, t_ids[:, None])               # (n, 1)
-                t_ranks.append((lens_logits > chosen).sum(1) + 1)            # (n,) 1 = top
+                t_ranks.append((lens_logits > chosen).sum(1, dtype=torch.int32) + 1)   # (n,) 1 = top
                 t_probs.append(softmax.gather(1, t_ids[:, None])[:, 0])
     cat = lambda parts, *shape: torch.cat(parts).reshape(S, T, *shape)     # noqa: E731
     return LogitLens(stages=[label for label, _ in stages], top_ids=cat(top_ids, k), top_probs=cat(top_probs, k),
