@@ -247,7 +247,8 @@ def step_lines(step: Step) -> list[str]:
         lines.append(f"      before: mean {n['mean_in']:+.4f} std {n['std_in']:.4f}   after: mean {n['mean_out']:+.4f} "
                      f"std {n['std_out']:.4f}")
     if "masked_keys" in n:
-        lines.append(f"      {n['visible_keys']} keys visible, {n['masked_keys']} masked (statistics over the visible ones)")
+        lines.append(f"      {n['visible_keys']} keys visible, {n['masked_keys']} masked "
+                     "(statistics over the visible ones)")
     if "top" in n:
         lines += [f"      {r + 1}. {text!r:<16} id {j:<6} p = {p:.4f}" for r, (j, text, p) in enumerate(n["top"])]
     return lines

@@ -41,7 +41,8 @@ def test_pictures_follow_each_steps_kind(tiny, prompt):
     assert not kinds["blocks.0.attn.masked"].probabilities
     hist = kinds["final.logits"]
     assert hist.kind == "histogram" and hist.values.sum() == tiny.config.vocab_size
-    assert hist.edges[0] == pytest.approx(float(tr.logits.min())) and hist.edges[-1] == pytest.approx(float(tr.logits.max()))
+    assert hist.edges[0] == pytest.approx(float(tr.logits.min()))
+    assert hist.edges[-1] == pytest.approx(float(tr.logits.max()))
     top = kinds["final.probs"]
     assert top.kind == "top" and list(top.values) == sorted(top.values, reverse=True) and len(top.labels) == 5
 
@@ -142,7 +143,8 @@ def test_endpoint_returns_every_step(client, registry):
     pattern = plot_json(block[13])["data"][0]          # step 7, softmax: heads x keys
     assert np.array(pattern["z"], dtype=float).shape == (cfg.n_head, T)
     assert f"[block {cfg.n_layer - 1}]" in log and "(not expanded)" not in log
-    assert Path(log_file).read_text(encoding="utf-8").rstrip("\n") == log.rstrip("\n")   # gr.Code drops the last newline
+    # gr.Code drops the last newline
+    assert Path(log_file).read_text(encoding="utf-8").rstrip("\n") == log.rstrip("\n")
 
 
 @pytest.mark.parametrize("position, block, message", [

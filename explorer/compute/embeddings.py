@@ -50,7 +50,8 @@ def inverse_row_norms(model: GPT2) -> torch.Tensor:
 def resolve_token(text) -> int:
     """The one token a text stands for; ␣ may stand for the leading space. Else a plain InputError."""
     if not isinstance(text, str) or not text:
-        raise InputError("Type a token to look up, for example ␣king (␣ or a space in front: as inside a sentence).")
+        raise InputError("Type a token to look up, for example ␣king "
+                         "(␣ or a space in front: as inside a sentence).")
     raw = text.replace(SPACE_MARK, " ")
     ids = tokenizer.encode(raw)
     if len(ids) != 1:

@@ -23,7 +23,8 @@ The similarity is the **cosine** of the angle between two rows (1: the same dire
 The projection squeezes the vectors (d numbers each) onto the two directions along which they differ
 most (PCA), so tokens that land close together have similar embeddings.
 """
-EXAMPLE_TOKENS = ["␣king", "␣love", "␣thee", "␣France", "␣Romeo", "␣night", "␣sword", "␣one", "␣the", "."]
+EXAMPLE_TOKENS = ["␣king", "␣love", "␣thee", "␣France", "␣Romeo", "␣night", "␣sword", "␣one", "␣the",
+                  "."]
 DEFAULT_WORDS = ["king", "queen", "prince", "knight", "lord", "lady", "love", "hate", "fear", "joy", "one", "two",
                  "three", "four", "France", "England", "Rome", "sword", "thee", "thou", "me", "him", "day", "night"]
 SOURCES = ["the word list", "the prompt's tokens"]

@@ -8,7 +8,7 @@ from ..compute.walkthrough import (block_choices, picture, residual_norms, step_
 from ..context import AppContext
 from ..errors import handle
 from ..figures.walkthrough import head_rows, key_rows, logit_histogram, residual_norm_path, top_tokens, vector_strip
-from ..inputs import MAX_VIEW_TOKENS, InputError, Prompt, check_number, prepare_prompt
+from ..inputs import MAX_VIEW_TOKENS, Prompt, check_number, prepare_prompt
 
 TITLE = "Walkthrough"
 EXPLANATION = """
@@ -63,6 +63,11 @@ def _figure(pic):
     if pic.kind == "top":
         return top_tokens(pic.labels, pic.values)
     raise ValueError(f"unknown picture kind {pic.kind!r}")
+
+
+def block_choices_placeholder(n_layer: int) -> list[tuple[str, int]]:
+    """The block list before the first run: names only (the norms come with a trace)."""
+    return [(f"block {i}", i) for i in range(n_layer)]
 
 
 def _step_slots(n: int, prefix: str) -> list[tuple[gr.Markdown, gr.Plot]]:
@@ -163,8 +168,3 @@ def build(ctx: AppContext) -> None:
                  api_name="walkthrough_view", preprocess=False)
     block.input(walkthrough_view, [ctx.prompt, position, block, *model_inputs], outputs,
                 api_visibility="private", preprocess=False)
-
-
-def block_choices_placeholder(n_layer: int) -> list[tuple[str, int]]:
-    """The block list before the first run: names only (the norms come with a trace)."""
-    return [(f"block {i}", i) for i in range(n_layer)]
