@@ -71,15 +71,17 @@ def score_tokens(model: GPT2, ids, window: int | None = None, stride: int | None
     with torch.no_grad():
         for start, end, first in spans:
             logits = model(torch.tensor([ids[start:end]], dtype=torch.long))[0].float()
-            # the prediction for position j is made at position j - 1
-            pred = torch.log_softmax(logits[first - 1 - start:end - 1 - start], dim=-1)
+            # The prediction for position j is made at position j - 1. log_softmax = logit - logsumexp,
+            # taken only where needed: ranks and the top k need no normalising at all.
+            pred = logits[first - 1 - start:end - 1 - start]
+            lse = torch.logsumexp(pred, dim=-1, keepdim=True)
             target = torch.tensor(ids[first:end], dtype=torch.long)
             actual = pred.gather(1, target[:, None])
-            logprobs.append(actual[:, 0])
+            logprobs.append((actual - lse)[:, 0])
             ranks.append((pred > actual).sum(dim=1) + 1)
-            lp, ix = pred.topk(min(top_k, pred.shape[-1]), dim=-1)
+            top, ix = pred.topk(min(top_k, pred.shape[-1]), dim=-1)
             top_ids.append(ix)
-            top_lp.append(lp)
+            top_lp.append(top - lse)
     return TokenScores(ids, torch.cat(logprobs).numpy(), torch.cat(ranks).numpy(),
                        torch.cat(top_ids).numpy(), torch.cat(top_lp).numpy(),
                        window, stride if len(spans) > 1 else window, len(spans))

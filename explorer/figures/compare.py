@@ -40,12 +40,6 @@ def _masked(pattern: np.ndarray) -> np.ndarray:
     return z
 
 
-def _hover(tokens_q: list[str], tokens_k: list[str], values: np.ndarray, fmt: str) -> list[list[str]]:
-    return [[f"query {q} {plot_text(tq)} → key {k} {plot_text(tk)}: {format(values[q, k], fmt)}"
-             if np.isfinite(values[q, k]) else "future token: masked"
-             for k, tk in enumerate(tokens_k)] for q, tq in enumerate(tokens_q)]
-
-
 def attention_pair(pattern_a: np.ndarray, pattern_b: np.ndarray, tokens_a: list[str], tokens_b: list[str],
                    title_a: str, title_b: str) -> go.Figure:
     """The two attention patterns side by side, one 0 → 1 colour scale (rows = queries, columns = keys)."""
@@ -55,9 +49,9 @@ def attention_pair(pattern_a: np.ndarray, pattern_b: np.ndarray, tokens_a: list[
         z = _masked(pattern)
         labels = unique_labels([plot_text(t) for t in tokens])
         fig.add_trace(go.Heatmap(z=z, x=labels, y=labels, zmin=0, zmax=1, colorscale=SEQUENTIAL,
-                                 customdata=_hover(tokens, tokens, z, ".3f"), showscale=col == 2,
-                                 hovertemplate="%{customdata}<extra></extra>",
-                                 colorbar=dict(title="weight")), row=1, col=col)
+                                 showscale=col == 2, colorbar=dict(title="weight"),
+                                 hovertemplate="query %{y} → key %{x}: %{z:.3f}<extra></extra>"),
+                      row=1, col=col)
         fig.update_yaxes(autorange="reversed", type="category", row=1, col=col)
         fig.update_xaxes(type="category", tickangle=-60, row=1, col=col)
     fig.update_layout(plot_bgcolor="#e8e8e8")
@@ -81,11 +75,8 @@ def attention_difference(diff: np.ndarray | None, tokens_a: list[str], tokens_b:
     bound = bound or 1.0
     labels = [f"{i}:{plot_text(a)}" + ("" if a == b else f"→{plot_text(b)}")
               for i, (a, b) in enumerate(zip(tokens_a, tokens_b))]
-    hover = [[f"query {q} {plot_text(tokens_b[q])} → key {k} {plot_text(tokens_b[k])}: B − A = {z[q, k]:+.3f}"
-              if np.isfinite(z[q, k]) else "future token: masked" for k in range(z.shape[1])]
-             for q in range(z.shape[0])]
     fig = go.Figure(go.Heatmap(z=z, x=labels, y=labels, colorscale=DIVERGING, zmid=0, zmin=-bound, zmax=bound,
-                               customdata=hover, hovertemplate="%{customdata}<extra></extra>",
+                               hovertemplate="query %{y} → key %{x}: B − A = %{z:+.3f}<extra></extra>",
                                colorbar=dict(title="B − A")))
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category", tickangle=-60)

@@ -5,7 +5,7 @@ import gradio as gr
 
 from ..components import Slider
 from ..compute.compare import (UntrainedTwin, check_layer_head, compare_distributions, pattern_difference,
-                               run_side, summary_markdown)
+                               run_pair, summary_markdown)
 from ..context import AppContext
 from ..errors import handle
 from ..figures.compare import attention_difference, attention_pair, distribution_pair_bars
@@ -81,17 +81,18 @@ def build(ctx: AppContext) -> None:
     diff_plot = gr.Plot(elem_id="compare-difference", label="Attention difference (B − A)")
 
     @handle
-    def compare(ta, tb, name_a, name_b, layer_v, head_v, user_models):
-        ma, mb = resolve(name_a, user_models, "A"), resolve(name_b, user_models, "B")
-        layer_i, head_i = check_layer_head(layer_v, head_v, [ma, mb])
+    def compare(text_a, text_b, model_a, model_b, layer, head, user_models):
+        """Both prompts (each through its own model): next-token distributions, tokens, one head's patterns."""
+        ma, mb = resolve(model_a, user_models, "A"), resolve(model_b, user_models, "B")
+        layer_i, head_i = check_layer_head(layer, head, [ma, mb])
         prompts = []
-        for side, text, m in (("A", ta, ma), ("B", tb, mb)):
+        for side, text, m in (("A", text_a, ma), ("B", text_b, mb)):
             try:
                 prompts.append(prepare_prompt(text, max_tokens=min(MAX_VIEW_TOKENS, m.config.n_ctx)))
             except InputError as e:
                 raise InputError(f"Prompt {side}: {e}") from None
-        a = run_side("A", name_a or default.name, ma, prompts[0], layer_i, head_i)
-        b = run_side("B", name_b or default.name, mb, prompts[1], layer_i, head_i)
+        a, b = run_pair((model_a or default.name, model_b or default.name), (ma, mb), tuple(prompts),
+                        layer_i, head_i)
         dist = compare_distributions(a.probs, b.probs)
         diff = pattern_difference(a, b)
         where = f"layer {layer_i}, head {head_i}"

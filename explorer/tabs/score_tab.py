@@ -63,21 +63,22 @@ def build(ctx: AppContext) -> None:
     last_view = gr.State(None)   # this session's last scored text, so the colour toggle needs no new pass
 
     @handle
-    def score(text, mode_v, model_name, user_models):
-        mode_v = _check_mode(mode_v)
+    def score(text, color_by, model_name, user_models):
+        """Every token of the text scored against the model's prediction for its position."""
+        color_by = _check_mode(color_by)
         model = ctx.model(model_name, user_models).model
         prompt = prepare_prompt(text, max_tokens=MAX_PROMPT_TOKENS, keep="start")
         view = score_view(model, prompt)
         counts, labels, bin_buckets = rank_histogram(view.ranks)
-        return (prompt.notice_markdown(), text_html(view, mode_v), summary_markdown(view),
+        return (prompt.notice_markdown(), text_html(view, color_by), summary_markdown(view),
                 rank_histogram_bars(counts, labels, bin_buckets, BUCKET_NAMES),
                 surprisal_line(view.labels, view.bits, view.ranks, bucket_of(view.ranks)),
                 surprising_rows(view), view)
 
     @handle
-    def recolor(mode_v, view):
-        mode_v = _check_mode(mode_v)
-        return gr.skip() if view is None else text_html(view, mode_v)
+    def recolor(color_by, view):
+        color_by = _check_mode(color_by)
+        return gr.skip() if view is None else text_html(view, color_by)
 
     score_io = dict(fn=score, inputs=[ctx.prompt, mode, *ctx.model_inputs],
                     outputs=[notice, scored, summary, hist, line, surprising, last_view])

@@ -120,8 +120,9 @@ def build(ctx: AppContext) -> None:
                 window_grid(w.inputs, w.targets, w.starts, tokens))
 
     @handle
-    def show_merges(text, index):
-        index = check_number(index, "Chunk", -1, None, integer=True)
+    def show_merges(text, chunk):
+        """The prompt's chunks and each BPE merge of one of them (-1: the one with the most merges)."""
+        index = check_number(chunk, "Chunk", -1, None, integer=True)
         view = merge_compute.merge_view(prepare_prompt(text, max_tokens=MAX_TOKENS, keep="start").text, index)
         trace = view.trace
         ladder = merge_ladder(trace.start, [(s.left, s.right, s.rank, s.pieces) for s in trace.steps],
