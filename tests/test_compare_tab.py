@@ -160,3 +160,17 @@ def test_compare_endpoint_two_models(client, registry):
 def test_compare_endpoint_bad_input(client, registry, args, message):
     with pytest.raises(Exception, match=message):
         client.predict(*args, api_name="/compare_view")
+
+
+def test_batched_pair_equals_two_single_runs(model):
+    pa, pb = prepare_prompt(PROMPT_A), prepare_prompt(PROMPT_B)
+    from explorer.compute.compare import run_pair
+    a, b = run_pair(("m", "m"), (model, model), (pa, pb), 2, 1)    # one batched forward
+    sa, sb = run_side("A", "m", model, pa, 2, 1), run_side("B", "m", model, pb, 2, 1)
+    for batched, single in ((a, sa), (b, sb)):
+        assert np.allclose(batched.probs, single.probs, atol=1e-6)
+        assert np.allclose(batched.pattern, single.pattern, atol=1e-6)
+        assert batched.tokens == single.tokens
+    short = prepare_prompt("ROMEO:")
+    a, b = run_pair(("m", "m"), (model, model), (pa, short), 2, 1)  # lengths differ: two forwards
+    assert b.pattern.shape == (len(short.ids),) * 2 and np.allclose(b.probs, run_side("B", "m", model, short, 2, 1).probs)
