@@ -1,7 +1,8 @@
 """How likely the model finds each token of a text: log-probabilities, ranks and top alternatives.
 
-Token t (t >= 1) is scored against the model's prediction after tokens 0..t-1; token 0 has nothing
-before it and is not scored. A text longer than the context is read in windows of ``window`` tokens,
+Token t (t >= 1) is scored against the model's prediction after tokens 0..t-1. Token 0 has nothing
+before it: it is scored only when a ``start_token`` is put in front (GLTR puts GPT-2's <|endoftext|>
+there, the token GPT-2's training documents were separated by). A text longer than the context is read in windows of ``window`` tokens,
 each starting ``stride`` tokens after the last, and each window scores only the tokens the previous
 one did not reach, so every token after the first window is predicted from at least
 ``window - stride`` tokens before it.
@@ -19,12 +20,13 @@ from .model import GPT2
 
 @dataclass
 class TokenScores:
-    ids: list[int]              # the text's N ids
-    logprobs: np.ndarray        # (N-1,) natural-log probability of token t given the tokens before, t = 1..N-1
-    ranks: np.ndarray           # (N-1,) 1 = the model's most likely token; ties count in the token's favour
-    top_ids: np.ndarray         # (N-1, k) the model's k most likely tokens at each scored position
-    top_logprobs: np.ndarray    # (N-1, k)
-    window: int                 # tokens per window
+    ids: list[int]              # the text's N ids (without the start token)
+    first: int                  # the first scored token: 0 with a start token, else 1
+    logprobs: np.ndarray        # (N - first,) natural-log probability of each scored token given those before
+    ranks: np.ndarray           # (N - first,) 1 = the model's most likely token; ties count in the token's favour
+    top_ids: np.ndarray         # (N - first, k) the model's k most likely tokens at each scored position
+    top_logprobs: np.ndarray    # (N - first, k)
+    window: int                 # tokens per window (the start token included)
     stride: int                 # tokens between window starts (window when there is one window)
     n_windows: int
 
@@ -55,9 +57,11 @@ def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
 
 
 def score_tokens(model: GPT2, ids, window: int | None = None, stride: int | None = None,
-                 top_k: int = 5) -> TokenScores:
-    """Score every token of ``ids`` after the first in one forward pass per window (see the module doc)."""
-    ids = [int(i) for i in ids]
+                 top_k: int = 5, start_token: int | None = None) -> TokenScores:
+    """Score the tokens of ``ids`` (all of them after ``start_token``, else all but the first), one forward
+    pass per window (see the module doc)."""
+    text_ids = [int(i) for i in ids]
+    ids = ([int(start_token)] if start_token is not None else []) + text_ids
     if len(ids) < 2:
         raise ValueError("scoring needs at least two tokens (the first one has nothing before it)")
     window = min(int(window or model.config.n_ctx), model.config.n_ctx)
@@ -82,6 +86,7 @@ def score_tokens(model: GPT2, ids, window: int | None = None, stride: int | None
             top, ix = pred.topk(min(top_k, pred.shape[-1]), dim=-1)
             top_ids.append(ix)
             top_lp.append(top - lse)
-    return TokenScores(ids, torch.cat(logprobs).numpy(), torch.cat(ranks).numpy(),
+    return TokenScores(text_ids, 0 if start_token is not None else 1, torch.cat(logprobs).numpy(),
+                       torch.cat(ranks).numpy(),
                        torch.cat(top_ids).numpy(), torch.cat(top_lp).numpy(),
                        window, stride if len(spans) > 1 else window, len(spans))

@@ -90,3 +90,20 @@ def test_bad_arguments():
         score_tokens(model, [5])
     with pytest.raises(ValueError, match="stride"):
         score_tokens(model, [5, 6, 7], window=8, stride=8)
+
+
+def test_start_token_scores_the_first_token_too(pair):
+    """GLTR's reading: <|endoftext|> in front, every token of the text scored; equal to HF on [EOT] + ids."""
+    from gpt2core import EOT_ID
+    hf, ours = pair
+    ids = torch.randint(0, 50257, (30,), generator=torch.Generator().manual_seed(5)).tolist()
+    s = score_tokens(ours, ids, start_token=EOT_ID)
+    assert s.first == 0 and s.ids == ids and s.logprobs.shape == (30,)
+    expected, _ = hf_logprobs(hf, [EOT_ID] + ids)
+    torch.testing.assert_close(torch.from_numpy(s.logprobs).double(), expected, atol=1e-5, rtol=1e-5)
+    # 100 tokens + the start token through a 64-token context: windows over all 101
+    long_ids = torch.randint(0, 50257, (100,), generator=torch.Generator().manual_seed(6)).tolist()
+    s = score_tokens(ours, long_ids, start_token=EOT_ID)
+    seq = [EOT_ID] + long_ids
+    expected = torch.cat([hf_logprobs(hf, seq[a:b])[0][f - 1 - a:] for a, b, f in windows(101, 64, 32)])
+    torch.testing.assert_close(torch.from_numpy(s.logprobs).double(), expected, atol=1e-5, rtol=1e-5)

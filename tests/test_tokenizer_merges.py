@@ -101,7 +101,8 @@ def test_merges_endpoint(client):
 @pytest.mark.parametrize("args, message", [
     ((TEXT, 50), "Chunk 50 does not exist"),
     ((TEXT, "two"), "must be a number"),
-    ((TEXT, -2), "at least -1"),
+    ((TEXT, -2), "between -1 and 511"),
+    ((TEXT, 512), "between -1 and 511"),
     (("  \n ", 0), "The prompt is empty"),
     (("\x00\x01", 0), "The prompt is empty"),
 ])

@@ -11,7 +11,7 @@ import numpy as np
 
 from gpt2core import GPT2
 from gpt2core.score import TokenScores, score_tokens
-from gpt2core.tokenizer import printable, token_bytes
+from gpt2core.tokenizer import EOT, EOT_ID, printable, token_bytes
 
 from ..inputs import InputError, Prompt
 
@@ -48,12 +48,14 @@ def rank_histogram(ranks) -> tuple[np.ndarray, list[str], np.ndarray]:
 
 @dataclass
 class ScoreView:
+    """Per token of the text (N), and per scored token (tokens first..N-1; first = 0: all of them)."""
     texts: list[str]             # (N,) the characters each token completes (joined: the text)
     labels: list[str]            # (N,) printable token strings
-    probs: np.ndarray            # (N-1,) probability of tokens 1..N-1
-    ranks: np.ndarray            # (N-1,)
-    bits: np.ndarray             # (N-1,) surprisal
-    alternatives: list[list[tuple[str, float]]]   # (N-1,) the model's top 5 (label, probability)
+    first: int
+    probs: np.ndarray            # (N - first,) probability the model gave each scored token
+    ranks: np.ndarray            # (N - first,)
+    bits: np.ndarray             # (N - first,) surprisal
+    alternatives: list[list[tuple[str, float]]]   # (N - first,) the model's top 5 (label, probability)
     scores: TokenScores
     n_ctx: int
 
@@ -68,24 +70,25 @@ def token_texts(ids: list[int]) -> list[str]:
 
 
 def score_view(model: GPT2, prompt: Prompt) -> ScoreView:
-    if len(prompt.ids) < 2:
-        raise InputError("Scoring needs at least two tokens: the first token has nothing before it to be "
-                         "predicted from. Type a longer text.")
-    s = score_tokens(model, prompt.ids)
+    """Every token scored; like GLTR, the text is read after <|endoftext|>, so the first one is scored too."""
+    if not prompt.ids:
+        raise InputError("The prompt is empty: type some text first.")
+    s = score_tokens(model, prompt.ids, start_token=EOT_ID)
     labels = [printable(token_bytes(i)) for i in prompt.ids]
     top_p = np.exp(s.top_logprobs)
     alternatives = [[(printable(token_bytes(int(i))), float(p)) for i, p in zip(ids, ps)]
                     for ids, ps in zip(s.top_ids, top_p)]
-    return ScoreView(token_texts(prompt.ids), labels, np.exp(s.logprobs), s.ranks, s.surprisal_bits,
+    return ScoreView(token_texts(prompt.ids), labels, s.first, np.exp(s.logprobs), s.ranks, s.surprisal_bits,
                      alternatives, s, model.config.n_ctx)
 
 
 def windows_sentence(view: ScoreView) -> str:
     s = view.scores
-    n = len(s.ids)
+    n = len(s.ids) + (1 - s.first)     # the start token is read too
     if s.n_windows == 1:
         return f"All {n:,} tokens fit in the model's context of {view.n_ctx:,}: one forward pass."
-    return (f"The text has {n:,} tokens, more than the model's context of {view.n_ctx:,}, so it was read in "
+    return (f"With its start token the text has {n:,} tokens, more than the model's context of "
+            f"{view.n_ctx:,}, so it was read in "
             f"**{s.n_windows} windows** of {s.window:,} tokens, each starting {s.stride:,} tokens after the "
             f"last (an overlap of {s.window - s.stride:,} tokens): every token after the first window is "
             f"predicted from at least {s.min_context:,} tokens before it.")
@@ -98,7 +101,9 @@ def summary_markdown(view: ScoreView) -> str:
     shares = " · ".join(f"{name}: **{c:,}** ({c / n:.0%})" for name, c in zip(BUCKET_NAMES, counts))
     s = view.scores
     return "\n".join([
-        f"**{n:,} tokens scored** (the first token has nothing before it). "
+        f"**{n:,} tokens scored**"
+        + (f" (like GLTR, the text is read after GPT-2's `{EOT}` token, so the first token is scored "
+           f"too)" if view.first == 0 else " (the first token has nothing before it)") + ". "
         f"**Perplexity {s.perplexity:,.1f}**: on average the model was as unsure as a fair pick among "
         f"that many tokens. **Mean surprisal {float(view.bits.mean()):.2f} bits** per token "
         f"(median {float(np.median(view.bits)):.2f}).",
@@ -120,7 +125,7 @@ def surprising_rows(view: ScoreView, n: int = N_SURPRISING) -> list[list]:
     order = np.lexsort((np.arange(len(view.bits)), -view.bits))[:n]
     rows = []
     for k in order:
-        position = int(k) + 1
+        position = int(k) + view.first
         top_label, top_prob = view.alternatives[k][0]
         rows.append([position, view.labels[position], _share(float(view.probs[k])), int(view.ranks[k]),
                      round(float(view.bits[k]), 2), f"{top_label} ({_share(top_prob)})",

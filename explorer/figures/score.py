@@ -36,20 +36,21 @@ def _legend(mode: str, bucket_names) -> str:
             f"</div><span>{MAX_BITS:g}+ bits</span></div>")
 
 
-def scored_text_html(texts, labels, probs, ranks, bits, buckets, alternatives, bucket_names,
+def scored_text_html(texts, labels, first, probs, ranks, bits, buckets, alternatives, bucket_names,
                      mode: str = "rank") -> str:
     """The text, each token on its colour: GLTR bucket (``mode`` "rank") or surprisal ("surprisal").
 
-    ``texts``/``labels`` have one entry per token; the other arrays one per scored token (from the
-    second). Hover (title) gives the probability, the rank and the model's top alternatives.
+    ``texts``/``labels`` have one entry per token; the other arrays one per scored token, tokens
+    ``first`` onwards (earlier ones are drawn unscored). Hover (title) gives the probability, the
+    rank and the model's top alternatives.
     """
     spans = []
     for t, text in enumerate(texts):
-        if t == 0:
-            spans.append(f'<span style="background:{UNSCORED}" title="{esc(labels[0])}: the first token, '
-                         f'not scored (nothing before it)">{esc(text)}</span>')
+        if t < first:
+            spans.append(f'<span style="background:{UNSCORED}" title="{esc(labels[t])}: not scored '
+                         f'(nothing before it)">{esc(text)}</span>')
             continue
-        k = t - 1
+        k = t - first
         if mode == "rank":
             bg, fg = BUCKET_COLORS[int(buckets[k])], "#000"
         else:
@@ -81,10 +82,10 @@ def rank_histogram_bars(counts, bin_labels, bin_buckets, bucket_names) -> go.Fig
     return style(fig, f"Ranks of the {total:,} scored tokens", height=340)
 
 
-def surprisal_line(labels, bits, ranks, buckets) -> go.Figure:
-    """Surprisal of each token along the text; markers in their GLTR bucket's colour."""
-    x = list(range(1, len(bits) + 1))
-    names = [plot_text(t) for t in labels[1:]]
+def surprisal_line(labels, first, bits, ranks, buckets) -> go.Figure:
+    """Surprisal of each scored token (tokens ``first`` onwards) along the text, in its GLTR bucket's colour."""
+    x = list(range(first, first + len(bits)))
+    names = [plot_text(t) for t in labels[first:]]
     fig = go.Figure(go.Scatter(
         x=x, y=[round(float(b), 3) for b in bits], mode="lines+markers", line=dict(color="#999", width=1),
         marker=dict(size=7, color=[BUCKET_COLORS[int(b)] for b in buckets], line=dict(color="#444", width=0.5)),

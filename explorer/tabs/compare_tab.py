@@ -51,11 +51,12 @@ def build(ctx: AppContext) -> None:
     with gr.Row():
         with gr.Column():
             text_a = gr.Textbox(PROMPT_A, label="Prompt A", lines=2, elem_id="compare-prompt-a")
-            model_a = gr.Dropdown(choices(), value=default.name, label="Model A", allow_custom_value=True,
+            # labelled "Model" like the header's menu (the column says which side): the same API checks apply
+            model_a = gr.Dropdown(choices(), value=default.name, label="Model", allow_custom_value=True,
                                   elem_id="compare-model-a")
         with gr.Column():
             text_b = gr.Textbox(PROMPT_B, label="Prompt B", lines=2, elem_id="compare-prompt-b")
-            model_b = gr.Dropdown(choices(), value=default.name, label="Model B", allow_custom_value=True,
+            model_b = gr.Dropdown(choices(), value=default.name, label="Model", allow_custom_value=True,
                                   elem_id="compare-model-b")
     with gr.Row():
         layer = Slider(0, max(cfg.n_layer - 1, 1), value=0, step=1, label="Layer", elem_id="compare-layer")

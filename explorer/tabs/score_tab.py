@@ -41,7 +41,7 @@ def _check_mode(mode) -> str:
 
 
 def text_html(view, mode: str) -> str:
-    return scored_text_html(view.texts, view.labels, view.probs, view.ranks, view.bits, bucket_of(view.ranks),
+    return scored_text_html(view.texts, view.labels, view.first, view.probs, view.ranks, view.bits, bucket_of(view.ranks),
                             view.alternatives, BUCKET_NAMES, mode)
 
 
@@ -67,12 +67,13 @@ def build(ctx: AppContext) -> None:
         """Every token of the text scored against the model's prediction for its position."""
         color_by = _check_mode(color_by)
         model = ctx.model(model_name, user_models).model
-        prompt = prepare_prompt(text, max_tokens=MAX_PROMPT_TOKENS, keep="start")
+        # one token less than the limit: the start token goes in front
+        prompt = prepare_prompt(text, max_tokens=MAX_PROMPT_TOKENS - 1, keep="start")
         view = score_view(model, prompt)
         counts, labels, bin_buckets = rank_histogram(view.ranks)
         return (prompt.notice_markdown(), text_html(view, color_by), summary_markdown(view),
                 rank_histogram_bars(counts, labels, bin_buckets, BUCKET_NAMES),
-                surprisal_line(view.labels, view.bits, view.ranks, bucket_of(view.ranks)),
+                surprisal_line(view.labels, view.first, view.bits, view.ranks, bucket_of(view.ranks)),
                 surprising_rows(view), view)
 
     @handle
@@ -82,8 +83,9 @@ def build(ctx: AppContext) -> None:
 
     score_io = dict(fn=score, inputs=[ctx.prompt, mode, *ctx.model_inputs],
                     outputs=[notice, scored, summary, hist, line, surprising, last_view])
-    run.click(**score_io, api_name="score_text")
+    # preprocess=False: the radio's own check names Python types ("<class 'list'>"); _check_mode says it plainly
+    run.click(**score_io, api_name="score_text", preprocess=False)
     gr.on(ctx.refresh_triggers, **score_io, api_visibility="private")
-    mode.change(recolor, [mode, last_view], [scored], api_visibility="private")
+    mode.change(recolor, [mode, last_view], [scored], api_visibility="private", preprocess=False)
     # Another tab (Generate's "Score this text") puts text in the prompt, opens this tab and runs this.
     ctx.shared["score"] = score_io

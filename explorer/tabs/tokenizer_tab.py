@@ -82,7 +82,9 @@ def build(ctx: AppContext) -> None:
 
     gr.Markdown(MERGES_EXPLANATION.format(n_merges=len(merges.merge_ranks())))
     with gr.Row():
-        chunk_index = Number(-1, precision=0, minimum=-1, label="Chunk to take apart (-1 = most merges)",
+        # at most MAX_TOKENS chunks: the prompt is cut to that many tokens, and a chunk is at least one
+        chunk_index = Number(-1, precision=0, minimum=-1, maximum=MAX_TOKENS - 1,
+                             label="Chunk to take apart (-1 = most merges)",
                              elem_id="tokenizer-chunk")
         merges_btn = gr.Button("Show merges", elem_id="tokenizer-merges-run")
     chunks_view = gr.HTML(elem_id="tokenizer-chunks", label="Chunks")
@@ -122,7 +124,7 @@ def build(ctx: AppContext) -> None:
     @handle
     def show_merges(text, chunk):
         """The prompt's chunks and each BPE merge of one of them (-1: the one with the most merges)."""
-        index = check_number(chunk, "Chunk", -1, None, integer=True)
+        index = check_number(chunk, "Chunk", -1, MAX_TOKENS - 1, integer=True)
         view = merge_compute.merge_view(prepare_prompt(text, max_tokens=MAX_TOKENS, keep="start").text, index)
         trace = view.trace
         ladder = merge_ladder(trace.start, [(s.left, s.right, s.rank, s.pieces) for s in trace.steps],
