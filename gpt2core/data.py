@@ -45,13 +45,22 @@ def make_loaders(ids, context_length: int, stride: int, batch_size: int, val_fra
             DataLoader(val, batch_size=batch_size, shuffle=False))
 
 
-def random_batch(ids: torch.Tensor, context_length: int, batch_size: int,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Windows at random offsets (stride 1): the batch a training step draws. (B, n), (B, n)."""
-    high = len(ids) - context_length - 1   # the last start that still has a target for every input
+def random_starts(n_ids: int, context_length: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Random window starts (stride 1) over ``n_ids`` tokens: the windows a training step draws. (B,)"""
+    high = n_ids - context_length - 1   # the last start that still has a target for every input
     if high < 0:
-        raise ValueError(f"the text has {len(ids)} tokens; it needs more than {context_length + 1}")
-    starts = torch.randint(0, high + 1, (batch_size,), generator=generator)
+        raise ValueError(f"the text has {n_ids} tokens; it needs more than {context_length + 1}")
+    return torch.randint(0, high + 1, (batch_size,), generator=generator)
+
+
+def windows_at(ids: torch.Tensor, starts: torch.Tensor, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input windows at ``starts`` and their targets (shifted by one). (B, n), (B, n)."""
     x = torch.stack([ids[s:s + context_length] for s in starts.tolist()])
     y = torch.stack([ids[s + 1:s + context_length + 1] for s in starts.tolist()])
     return x, y
+
+
+def random_batch(ids: torch.Tensor, context_length: int, batch_size: int,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows at random offsets (stride 1): the batch a training step draws. (B, n), (B, n)."""
+    return windows_at(ids, random_starts(len(ids), context_length, batch_size, generator), context_length)

@@ -67,7 +67,11 @@ def main(argv=None) -> int:
     cfg = doc["config"]
     with safe_open(str(out / WEIGHTS_FILE), "pt") as f:
         stored_dtype = str(f.get_tensor("wte.weight").dtype).removeprefix("torch.")
-    tokens_seen = doc["step"] * settings["batch_size"] * cfg["n_ctx"]
+    # Runs from before devices and DDP were recorded trained one CPU process, fp32 unless bf16.
+    run_info = doc.get("run") or {"device": "cpu", "world_size": 1, "grad_accum": 1,
+                                  "precision": "bf16" if settings.get("bf16") else "fp32",
+                                  "effective_batch": settings["batch_size"]}
+    tokens_seen = doc["step"] * run_info["effective_batch"] * cfg["n_ctx"]
     samples = "\n\n".join(f"**Prompt** `{p!r}` (temperature 0.8, top-k 40, seed 0):\n\n```\n"
                           f"{sample_text(model, p, 60)}\n```" for p in SAMPLE_PROMPTS)
     evals = "\n".join(f"| {e['step']} | {e['tokens_seen']:,} | {e['train_loss']:.3f} | {e['val_loss']:.3f} | "
@@ -96,8 +100,11 @@ content licensed CC-BY 2.5, code MIT). {len(args.heldout_from)} files joined in 
 ## Training
 AdamW (betas {tuple(settings['betas'])}, weight decay {settings['weight_decay']} on 2-D weights only),
 learning rate {settings['lr']} with {settings['warmup_steps']} warmup steps then cosine to {settings['min_lr']},
-gradient clipping at {settings['grad_clip']}, batch {settings['batch_size']} x {cfg['n_ctx']} tokens,
-bf16 autocast for the matmuls: {settings['bf16']}. Steps: {doc['step']:,}; tokens seen: {tokens_seen:,}
+gradient clipping at {settings['grad_clip']}, effective batch
+{run_info['effective_batch']} x {cfg['n_ctx']} tokens ({settings['batch_size']} per micro-batch
+x {run_info['grad_accum']} accumulation x {run_info['world_size']} process(es)),
+device {run_info['device']}, precision {run_info['precision']}.
+Steps: {doc['step']:,}; tokens seen: {tokens_seen:,}
 (about {tokens_seen / max(1, len(ids) - n_val):.1f} passes over the training split).
 Measured speed of the last leg: {log.get('tokens_per_second', float('nan')):,.0f} tokens/s on this CPU
 (shared with other work).

@@ -1,16 +1,24 @@
 """Training: AdamW (decay on 2-D weights only), warmup + cosine, clipping, evals, resumable.
 
-CLI: ``python -m gpt2core.train --text FILE [FILE ...] --out checkpoints/NAME [options]``.
+CLI: ``python -m gpt2core.train --text FILE [FILE ...] --out checkpoints/NAME [options]``,
+or data-parallel: ``torchrun --nproc_per_node N -m gpt2core.train ...`` (DistributedDataParallel,
+nccl on GPUs, gloo on CPU).
 
-Every step draws its batch and its dropout from a generator seeded by (seed, step), so a run
-that stops and resumes makes exactly the same updates as one that never stopped. Checkpoints
-are safetensors + JSON (no pickle), optimiser moments and step included.
+Every step draws its global batch (batch_size x grad_accum x world size windows) and its dropout
+from generators seeded by (seed, step); each rank takes its own slice of that batch and DDP
+averages the gradients. So a run that stops and resumes makes exactly the same updates as one
+that never stopped, and N processes make the same updates as one process with the same global
+batch (to float rounding, without dropout). Checkpoints are safetensors + JSON (no pickle),
+optimiser moments and step included; rank 0 alone writes them.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,16 +26,22 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from . import tokenizer
 from .config import GPT2Config
-from .data import SlidingWindowDataset, random_batch, split_ids
+from .data import SlidingWindowDataset, random_starts, split_ids, windows_at
 from .generate import generate
 from .model import GPT2
 from .weights import WEIGHTS_FILE, load, save
 
 OPTIM_FILE, LOG_FILE, LOSS_PNG = "optimizer.safetensors", "log.json", "loss.png"
+IGNORE_INDEX = -100          # a target that carries no loss (prompt and padding in instruction tuning)
+PRECISIONS = ("fp32", "bf16", "fp16")
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -46,13 +60,23 @@ class TrainSettings:
     seed: int = 1337
     sample_prompt: str = "ROMEO:"
     sample_tokens: int = 40
-    bf16: bool = False   # bf16 autocast for the matmuls (weights and optimiser stay fp32)
+    bf16: bool = False        # the old flag: the same as precision="bf16"
+    precision: str = "fp32"   # autocast dtype for the matmuls; weights and optimiser stay fp32
+    grad_accum: int = 1       # micro-batches of batch_size per step and rank, gradients summed
+    compile: bool = False     # torch.compile the forward and loss
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
-            raise ValueError("steps, batch_size and eval_every must be >= 1")
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.grad_accum < 1:
+            raise ValueError("steps, batch_size, grad_accum and eval_every must be >= 1")
         if not (self.lr > 0 and self.min_lr >= 0):
             raise ValueError("lr must be > 0 and min_lr >= 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.bf16:
+            if self.precision == "fp16":
+                raise ValueError("bf16=True contradicts precision='fp16'")
+            self.precision = "bf16"
+        self.bf16 = self.precision == "bf16"   # kept in step, so old readers of the flag stay right
 
 
 def lr_at(step: int, s: TrainSettings) -> float:
@@ -72,6 +96,71 @@ def make_optimizer(model: GPT2, s: TrainSettings) -> torch.optim.AdamW:
                               {"params": no_decay, "weight_decay": 0.0}], lr=s.lr, betas=s.betas)
 
 
+class SummedLoss(nn.Module):
+    """The model's forward with the head applied only where a target counts; returns the summed
+    cross-entropy over those targets.
+
+    Same layers and order as GPT2.forward (embeddings, dropout, blocks, ln_f, head). The output
+    head (vocab x d) is most of a small model's work, and in instruction tuning only the response
+    positions carry a target, so skipping the rest saves most of a step. One module holds the
+    whole computation so that DDP (and torch.compile) wrap it.
+    """
+
+    def __init__(self, model: GPT2):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        T = x.shape[1]
+        pos = torch.arange(T, device=x.device)                                   # (T,)
+        h = m.drop(m.wte(x) + m.wpe(pos))                                        # (B, T, d)
+        for block in m.blocks:
+            h = block(h)                                                         # (B, T, d)
+        h = m.ln_f(h).reshape(-1, h.shape[-1])                                   # (B*T, d)
+        targets = y.reshape(-1)                                                  # (B*T,)
+        keep = targets != IGNORE_INDEX
+        logits = m.lm_head(h[keep])                                              # (K, vocab)
+        return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when there is one, else the CPU; asking for CUDA without one is a plain error."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is "
+                         f"False; this torch is {torch.__version__}). Use --device cpu or auto.")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def device_label(device: torch.device) -> str:
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+
+
+def setup_distributed(device_name: str) -> torch.device:
+    """This process's device; under torchrun (WORLD_SIZE > 1) also the process group: nccl on GPUs,
+    gloo on CPU, each rank on the GPU of its LOCAL_RANK."""
+    device = resolve_device(device_name)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def build_model(init: str | None, cfg: GPT2Config, dropout: float) -> GPT2:
+    """A model from a checkpoint (ours or an HF GPT-2 folder: its architecture, our dropout for
+    training) or, without ``init``, a fresh one of ``cfg``."""
+    if not init:
+        return GPT2(cfg)
+    loaded = load(init)
+    model = GPT2(dataclasses.replace(loaded.config, dropout=dropout), init_weights=False)
+    model.load_state_dict(loaded.state_dict())
+    return model
+
+
 @torch.no_grad()
 def evaluate(model: GPT2, ids: torch.Tensor, batch_size: int, max_batches: int) -> float:
     """Mean loss over fixed, non-overlapping windows of ``ids`` (deterministic)."""
@@ -85,7 +174,8 @@ def evaluate(model: GPT2, ids: torch.Tensor, batch_size: int, max_batches: int) 
     losses = []
     for b in range(min(max_batches, math.ceil(len(ds) / batch_size))):
         items = [ds[i] for i in range(b * batch_size, min(len(ds), (b + 1) * batch_size))]
-        x, y = torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items])
+        device = next(model.parameters()).device
+        x, y = torch.stack([i[0] for i in items]).to(device), torch.stack([i[1] for i in items]).to(device)
         losses.append(float(model.loss(x, y)))
     model.train(was_training)
     return sum(losses) / len(losses) if losses else float("nan")
@@ -102,7 +192,10 @@ def sample_text(model: GPT2, prompt: str, n_tokens: int, seed: int = 0) -> str:
 
 @dataclass
 class Trainer:
-    """Holds a model, its optimiser and the log; ``run`` yields an event per step."""
+    """Holds a model, its optimiser and the log; ``run`` yields an event per step.
+
+    The model may sit on any device; under torch.distributed it trains as one rank of DDP.
+    """
     model: GPT2
     settings: TrainSettings
     train_ids: torch.Tensor
@@ -111,7 +204,20 @@ class Trainer:
     log: dict = field(default_factory=lambda: {"train": [], "eval": []})
 
     def __post_init__(self):
-        self.optimizer = make_optimizer(self.model, self.settings)
+        s = self.settings
+        self.device = next(self.model.parameters()).device
+        self.optimizer = make_optimizer(self.model, s)
+        distributed = dist.is_available() and dist.is_initialized()
+        self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        self.ddp = None
+        engine = SummedLoss(self.model)
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            engine = self.ddp = nn.parallel.DistributedDataParallel(engine, device_ids=ids)
+        self.engine = torch.compile(engine) if s.compile else engine   # DDP first, as PyTorch advises
+        self.amp_dtype = AMP_DTYPES[s.precision]
+        # fp16 can underflow gradients: scale the loss up, unscale before clipping (bf16 needs none).
+        self.scaler = torch.amp.GradScaler(self.device.type) if s.precision == "fp16" else None
 
     @classmethod
     def from_ids(cls, model: GPT2, ids, settings: TrainSettings) -> "Trainer":
@@ -124,56 +230,111 @@ class Trainer:
             val_ids = train_ids[-(model.config.n_ctx + 1):]  # tiny texts: validate on the tail
         return cls(model, settings, train_ids, val_ids)
 
+    @property
+    def effective_batch(self) -> int:
+        """Sequences per optimiser step, over every micro-batch and rank."""
+        return self.settings.batch_size * self.settings.grad_accum * self.world_size
+
+    def run_info(self) -> dict:
+        """Where and how it trains, for the log and the model card."""
+        s = self.settings
+        return {"device": device_label(self.device), "precision": s.precision, "compile": s.compile,
+                "world_size": self.world_size, "batch_size": s.batch_size, "grad_accum": s.grad_accum,
+                "effective_batch": self.effective_batch,
+                "backend": dist.get_backend() if self.world_size > 1 else None}
+
+    def micro_batches(self) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
+        """This rank's micro-batches for this step, and the number of targets in the global batch.
+
+        The global batch is drawn from the (seed, step) generator exactly as one process would
+        draw it; rank r takes the r-th slice of it and cuts that into grad_accum micro-batches.
+        """
+        s, n = self.settings, self.model.config.n_ctx
+        per_rank = s.batch_size * s.grad_accum
+        g = torch.Generator().manual_seed(s.seed * 1_000_003 + self.step)
+        starts = random_starts(len(self.train_ids), n, per_rank * self.world_size, g)
+        mine = starts[self.rank * per_rank:(self.rank + 1) * per_rank]
+        batches = [windows_at(self.train_ids, mine[k * s.batch_size:(k + 1) * s.batch_size], n)
+                   for k in range(s.grad_accum)]
+        return batches, per_rank * self.world_size * n
+
     def train_step(self) -> float:
         s, model = self.settings, self.model
         model.train()
-        g = torch.Generator().manual_seed(s.seed * 1_000_003 + self.step)
-        x, y = random_batch(self.train_ids, model.config.n_ctx, s.batch_size, g)   # (B, n), (B, n)
+        batches, n_targets = self.micro_batches()
         lr = lr_at(self.step, s)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        # Dropout masks depend on the step alone; fork_rng puts the global generator back after,
+        # Each rank's loss is its share of the global sum over n_targets; DDP averages gradients
+        # over ranks, so multiplying by world_size makes the update that of the whole batch.
+        scale = self.world_size / n_targets
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        rng_devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        # Dropout masks depend on (step, rank) alone; fork_rng puts the global generator back after,
         # so training in the app does not reset the random state other requests see.
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            torch.manual_seed(s.seed * 7_919 + self.step)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=s.bf16):
-                loss = model.loss(x, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+        with torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
+            torch.manual_seed(s.seed * 7_919 + self.step + 1_000_033 * self.rank)
+            for k, (x, y) in enumerate(batches):
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                # Gradients are all-reduced once per step, on the last micro-batch.
+                last = k == len(batches) - 1
+                with contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync():
+                    with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                                        enabled=self.amp_dtype is not None):
+                        loss_sum = self.engine(x, y)
+                    part = loss_sum * scale
+                    (self.scaler.scale(part) if self.scaler else part).backward()
+                total += loss_sum.detach()
+        if self.world_size > 1:
+            dist.all_reduce(total)   # the logged loss is the global batch's, the same on every rank
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        self.optimizer.step()
+        if self.scaler:
+            self.scaler.step(self.optimizer)   # skipped when the gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.step += 1
-        entry = {"step": self.step, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm)}
+        entry = {"step": self.step, "loss": float(total) / n_targets, "lr": lr, "grad_norm": float(grad_norm)}
         self.log["train"].append(entry)
         return entry["loss"]
 
     def eval_now(self) -> dict:
         s = self.settings
+        # eval_batches counts global batches: the same windows, however the batch is split.
+        eval_batches = s.eval_batches * s.grad_accum * self.world_size
         train_loss = evaluate(self.model, self.train_ids[-len(self.val_ids) * 4:] if len(self.val_ids) > 1
-                              else self.train_ids, s.batch_size, s.eval_batches)
-        val_loss = evaluate(self.model, self.val_ids, s.batch_size, s.eval_batches)
+                              else self.train_ids, s.batch_size, eval_batches)
+        val_loss = evaluate(self.model, self.val_ids, s.batch_size, eval_batches)
         entry = {"step": self.step, "train_loss": train_loss, "val_loss": val_loss,
                  "val_ppl": math.exp(min(val_loss, 50)),
-                 "tokens_seen": self.step * s.batch_size * self.model.config.n_ctx,
+                 "tokens_seen": self.step * self.effective_batch * self.model.config.n_ctx,
                  "sample": sample_text(self.model, s.sample_prompt, s.sample_tokens)}
         self.log["eval"].append(entry)
         return entry
 
     def run(self, until: int | None = None, should_stop: Callable[[], bool] = lambda: False) -> Iterator[dict]:
-        """Train to ``until`` (default: settings.steps); yields {"step", "loss", ["eval"]} per step."""
+        """Train to ``until`` (default: settings.steps); yields {"step", "loss", ["eval"]} per step.
+        Under DDP rank 0 alone evaluates (the others go on to the next step and wait for it there)."""
         until = min(until or self.settings.steps, self.settings.steps)
         while self.step < until and not should_stop():
             loss = self.train_step()
             event = {"step": self.step, "loss": loss}
-            if self.step % self.settings.eval_every == 0 or self.step == self.settings.steps:
+            if self.rank == 0 and (self.step % self.settings.eval_every == 0 or self.step == self.settings.steps):
                 event["eval"] = self.eval_now()
             yield event
 
     # ---- checkpoints ----------------------------------------------------------------------
     def save(self, folder, dtype: torch.dtype | None = None, extra: dict | None = None) -> Path:
-        """Weights (our format), optimiser moments, step, settings and the log."""
+        """Weights (our format), optimiser moments, step, settings and the log; rank 0 alone writes."""
         folder = Path(folder)
-        meta = {"train_settings": asdict(self.settings), "step": self.step, **(extra or {})}
+        if self.rank != 0:
+            return folder
+        meta = {"train_settings": asdict(self.settings), "step": self.step, "run": self.run_info(), **(extra or {})}
+        if self.scaler is not None:
+            meta["grad_scaler"] = self.scaler.state_dict()
         save(self.model, folder, dtype=dtype, metadata=meta)
         names = {id(p): n for n, p in self.model.named_parameters()}
         tensors = {}
@@ -181,9 +342,9 @@ class Trainer:
             for p in group["params"]:
                 st = self.optimizer.state.get(p)
                 if st:
-                    tensors[f"{names[id(p)]}.exp_avg"] = st["exp_avg"].contiguous()
-                    tensors[f"{names[id(p)]}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
-                    tensors[f"{names[id(p)]}.step"] = torch.as_tensor(st["step"], dtype=torch.float64).reshape(1)
+                    tensors[f"{names[id(p)]}.exp_avg"] = st["exp_avg"].contiguous().cpu()
+                    tensors[f"{names[id(p)]}.exp_avg_sq"] = st["exp_avg_sq"].contiguous().cpu()
+                    tensors[f"{names[id(p)]}.step"] = torch.as_tensor(st["step"], dtype=torch.float64).reshape(1).cpu()
         save_file(tensors, str(folder / OPTIM_FILE))
         (folder / LOG_FILE).write_text(json.dumps(self.log, indent=1) + "\n", encoding="utf-8")
         return folder
@@ -200,8 +361,10 @@ class Trainer:
         for name, p in self.model.named_parameters():
             if f"{name}.exp_avg" in moments:
                 self.optimizer.state[p] = {"step": moments[f"{name}.step"].reshape(()).float(),
-                                           "exp_avg": moments[f"{name}.exp_avg"].clone(),
-                                           "exp_avg_sq": moments[f"{name}.exp_avg_sq"].clone()}
+                                           "exp_avg": moments[f"{name}.exp_avg"].to(p.device, copy=True),
+                                           "exp_avg_sq": moments[f"{name}.exp_avg_sq"].to(p.device, copy=True)}
+        if self.scaler is not None and "grad_scaler" in doc:
+            self.scaler.load_state_dict(doc["grad_scaler"])
 
 
 def plot_loss(log: dict, path) -> None:
@@ -239,6 +402,43 @@ def read_texts(paths: list[str]) -> str:
     return f"\n{tokenizer.EOT}\n".join(texts)
 
 
+def add_scale_args(ap: argparse.ArgumentParser) -> None:
+    """Options shared by train and finetune: where, at what precision, from which weights."""
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="auto: CUDA when there is one (under torchrun: the GPU of LOCAL_RANK)")
+    ap.add_argument("--precision", choices=PRECISIONS, default=None,
+                    help="autocast dtype: bf16, or fp16 with a gradient scaler (default fp32)")
+    ap.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
+    ap.add_argument("--grad-accum", type=int, default=1,
+                    help="micro-batches per step: effective batch = batch x accum x processes")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the forward and loss")
+    ap.add_argument("--init", default=None,
+                    help="start from this checkpoint (our format or an HF GPT-2 folder) instead of random "
+                         "weights; its architecture replaces --n-layer/--n-head/--n-embd/--n-ctx")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
+
+
+def precision_of(args) -> str:
+    if args.bf16 and args.precision not in (None, "bf16"):
+        raise ValueError(f"--bf16 contradicts --precision {args.precision}")
+    return "bf16" if args.bf16 else (args.precision or "fp32")
+
+
+def describe_run(trainer: "Trainer", tokens_per_sequence: int) -> str:
+    info = trainer.run_info()
+    return (f"device {info['device']}, precision {info['precision']}{', compiled' if info['compile'] else ''}; "
+            f"effective batch {info['effective_batch']} = {info['batch_size']} x {info['grad_accum']} accumulation "
+            f"x {info['world_size']} process{'es' if info['world_size'] > 1 else ''}"
+            f"{' (' + info['backend'] + ')' if info['backend'] else ''}, "
+            f"{info['effective_batch'] * tokens_per_sequence:,} tokens per step")
+
+
+def finish_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gpt2core.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,7 +450,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-ctx", type=int, default=128)
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch and process")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--min-lr", type=float, default=1e-4)
     ap.add_argument("--warmup", type=int, default=100)
@@ -263,38 +463,52 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", default="ROMEO:", help="the fixed prompt sampled at each eval")
     ap.add_argument("--save-every", type=int, default=0, help="save a resumable checkpoint every N steps")
     ap.add_argument("--resume", action="store_true", help="continue from --out")
+    ap.add_argument("--until", type=int, default=0,
+                    help="stop after this step and save (the schedule still runs to --steps); --resume goes on")
     ap.add_argument("--fp16", action="store_true", help="store the final weights in fp16")
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast while training (fp32 weights)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    add_scale_args(ap)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        device = setup_distributed(args.device)
+        settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
+                                 warmup_steps=args.warmup, weight_decay=args.weight_decay,
+                                 grad_clip=args.grad_clip, eval_every=args.eval_every,
+                                 eval_batches=args.eval_batches, val_fraction=args.val_fraction, seed=args.seed,
+                                 sample_prompt=args.prompt, precision=precision_of(args),
+                                 grad_accum=args.grad_accum, compile=args.compile)
+    except ValueError as e:
+        ap.error(str(e))
 
     text = read_texts(args.text)
     ids = torch.tensor(tokenizer.encode(text, allow_special=True), dtype=torch.long)
     cfg = GPT2Config(n_ctx=args.n_ctx, n_embd=args.n_embd, n_head=args.n_head, n_layer=args.n_layer,
                      dropout=args.dropout)
-    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
-                             warmup_steps=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-                             eval_every=args.eval_every, eval_batches=args.eval_batches,
-                             val_fraction=args.val_fraction, seed=args.seed, sample_prompt=args.prompt,
-                             bf16=args.bf16)
-    torch.manual_seed(args.seed)
-    trainer = Trainer.from_ids(GPT2(cfg), ids, settings)
+    torch.manual_seed(args.seed)   # the same initial weights on every rank
+    model = build_model(args.init, cfg, args.dropout).to(device)
+    trainer = Trainer.from_ids(model, ids, settings)
+    main_rank = trainer.rank == 0
+    say = (lambda msg: print(msg, file=sys.stderr)) if main_rank else (lambda msg: None)  # noqa: E731
     out = Path(args.out)
     if args.resume:
         trainer.load_state(out)
-        print(f"resumed at step {trainer.step}", file=sys.stderr)
-    print(f"{len(ids):,} tokens ({len(trainer.train_ids):,} train / {len(trainer.val_ids):,} val), "
-          f"{trainer.model.num_params():,} parameters", file=sys.stderr)
+        say(f"resumed at step {trainer.step}")
+    n_ctx = model.config.n_ctx
+    say(f"{len(ids):,} tokens ({len(trainer.train_ids):,} train / {len(trainer.val_ids):,} val), "
+        f"{model.num_params():,} parameters{f', from {args.init}' if args.init else ''}")
+    say(describe_run(trainer, n_ctx))
+    trainer.log["run"] = trainer.run_info()
 
     from tqdm import tqdm
-    tokens_per_step = settings.batch_size * cfg.n_ctx
-    bar = tqdm(total=settings.steps, initial=trainer.step, unit="step", dynamic_ncols=True)
+    tokens_per_step = trainer.effective_batch * n_ctx
+    bar = tqdm(total=settings.steps, initial=trainer.step, unit="step", dynamic_ncols=True, disable=not main_rank)
     t0, done0 = time.perf_counter(), trainer.step
     extra = {"data": {"files": [Path(p).name for p in sorted(args.text)], "tokens": len(ids)},
-             "command": "python -m gpt2core.train " + " ".join(argv if argv is not None else sys.argv[1:])}
-    for event in trainer.run():
+             "init": args.init,
+             "command": ("torchrun ... -m gpt2core.train " if trainer.world_size > 1 else "python -m gpt2core.train ")
+             + " ".join(argv if argv is not None else sys.argv[1:])}
+    for event in trainer.run(until=args.until or None):
         rate = (trainer.step - done0) * tokens_per_step / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{event['loss']:.3f}", tok_s=f"{rate:,.0f}")
         bar.update(1)
@@ -302,15 +516,17 @@ def main(argv=None) -> int:
             e = event["eval"]
             bar.write(f"step {e['step']}: train {e['train_loss']:.4f}  val {e['val_loss']:.4f}  "
                       f"ppl {e['val_ppl']:.1f}  | {e['sample']!r}")
-        if args.save_every and trainer.step % args.save_every == 0:
+        if args.save_every and trainer.step % args.save_every == 0 and main_rank:
             trainer.log["tokens_per_second"] = rate
             trainer.save(out, extra=extra)
             plot_loss(trainer.log, out / LOSS_PNG)
     bar.close()
     trainer.log["tokens_per_second"] = (trainer.step - done0) * tokens_per_step / max(1e-9, time.perf_counter() - t0)
-    trainer.save(out, dtype=torch.float16 if args.fp16 else None, extra=extra)
-    plot_loss(trainer.log, out / LOSS_PNG)
-    print(f"wrote {out / WEIGHTS_FILE}", file=sys.stderr)
+    if main_rank:
+        trainer.save(out, dtype=torch.float16 if args.fp16 else None, extra=extra)
+        plot_loss(trainer.log, out / LOSS_PNG)
+        say(f"wrote {out / WEIGHTS_FILE} ({trainer.log['tokens_per_second']:,.0f} tokens/s)")
+    finish_distributed()
     return 0
 
 
