@@ -149,13 +149,14 @@ def test_compare_endpoint_two_models(client, registry):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("", PROMPT_B, None, None, 0, 0), "Prompt A: The prompt is empty"),
-    ((PROMPT_A, " \n ", None, None, 0, 0), "Prompt B: The prompt is empty"),
-    ((PROMPT_A, "\x01\x02", None, None, 0, 0), "Prompt B: The prompt is empty"),
-    ((PROMPT_A, PROMPT_B, None, None, 99, 0), "Layer .* must be between 0 and"),
-    ((PROMPT_A, PROMPT_B, None, None, 0, -1), "Head .* must be between 0 and"),
-    ((PROMPT_A, PROMPT_B, None, None, "x", 0), "must be a number"),
-    ((PROMPT_A, PROMPT_B, None, "no such model", 0, 0), "Model B: Unknown model 'no such model'"),
+    (("", PROMPT_B, "", "", 0, 0), "Prompt A: The prompt is empty"),
+    ((PROMPT_A, " \n ", "", "", 0, 0), "Prompt B: The prompt is empty"),
+    ((PROMPT_A, "\x01\x02", "", "", 0, 0), "Prompt B: The prompt is empty"),
+    ((PROMPT_A, PROMPT_B, "", "", 99, 0), "Layer .* must be between 0 and"),
+    ((PROMPT_A, PROMPT_B, "", "", 0, -1), "Head .* must be between 0 and"),
+    ((PROMPT_A, PROMPT_B, "", "", "x", 0), "must be a number"),
+    ((PROMPT_A, PROMPT_B, "", "no such model", 0, 0), "Model B: Unknown model 'no such model'"),
+    ((PROMPT_A, PROMPT_B, None, "", 0, 0), "Model A: choose a model, one of: "),
 ])
 def test_compare_endpoint_bad_input(client, registry, args, message):
     with pytest.raises(Exception, match=message):

@@ -39,6 +39,8 @@ def build(ctx: AppContext) -> None:
         return ctx.registry.names() + [twin_name] + list(user_models or {})
 
     def resolve(name, user_models, side):
+        if name is None:   # the API must say which model each side runs (the page always sends one)
+            raise InputError(f"Model {side}: choose a model, one of: {', '.join(choices(user_models))}.")
         if name == twin_name:
             return twin.get()
         try:
@@ -51,12 +53,11 @@ def build(ctx: AppContext) -> None:
     with gr.Row():
         with gr.Column():
             text_a = gr.Textbox(PROMPT_A, label="Prompt A", lines=2, elem_id="compare-prompt-a")
-            # labelled "Model" like the header's menu (the column says which side): the same API checks apply
-            model_a = gr.Dropdown(choices(), value=default.name, label="Model", allow_custom_value=True,
+            model_a = gr.Dropdown(choices(), value=default.name, label="Model A", allow_custom_value=True,
                                   elem_id="compare-model-a")
         with gr.Column():
             text_b = gr.Textbox(PROMPT_B, label="Prompt B", lines=2, elem_id="compare-prompt-b")
-            model_b = gr.Dropdown(choices(), value=default.name, label="Model", allow_custom_value=True,
+            model_b = gr.Dropdown(choices(), value=default.name, label="Model B", allow_custom_value=True,
                                   elem_id="compare-model-b")
     with gr.Row():
         layer = Slider(0, max(cfg.n_layer - 1, 1), value=0, step=1, label="Layer", elem_id="compare-layer")
