@@ -11,7 +11,6 @@ from explorer.compute.compare import (UntrainedTwin, check_layer_head, compare_d
 from explorer.figures.compare import attention_difference, attention_pair, distribution_pair_bars
 from explorer.inputs import InputError, prepare_prompt
 from explorer.tabs.compare_tab import PROMPT_A, PROMPT_B
-from gpt2core import tokenizer
 from tests.conftest import plot_json
 
 
