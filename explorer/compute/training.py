@@ -5,6 +5,7 @@ at most MAX_TEXT_CHARS characters of text, and at most TIME_LIMIT seconds of tra
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -14,9 +15,13 @@ from typing import Callable, Iterator
 import torch
 
 from gpt2core import GPT2, get_config, tokenizer
-from gpt2core.train import Trainer, TrainSettings
+from gpt2core.finetune import FineTuner, collate, encode_example
+from gpt2core.instruct_data import make_split
+from gpt2core.train import IGNORE_INDEX, Trainer, TrainSettings, build_model
+from gpt2core.weights import WEIGHTS_FILE
 
 from ..inputs import InputError
+from ..session import BUNDLED_DIR
 
 MAX_TEXT_CHARS = 200_000      # longer text is cut (about 50k tokens)
 MIN_STEPS, MAX_STEPS = 10, 300
@@ -175,3 +180,89 @@ def progress_line(step: int, total: int, elapsed: float, tokens_per_step: int, w
     rate = step * tokens_per_step / elapsed if elapsed > 0 else 0.0
     return (f"step {step} / {total} {'█' * filled}{'░' * (width - filled)} {frac:.0%} · "
             f"{rate:,.0f} tokens/s · {elapsed:.1f} s")
+
+
+# ---- instruction tuning -------------------------------------------------------------------------
+# The Alpaca prompt alone is ~60 tokens, so these bases have a context of 128. The bundled model
+# (6 layers, d=128) knows English; the fresh one starts from nothing. Same limits: MAX_STEPS, TIME_LIMIT.
+INSTRUCT_FRESH = TinyPreset("fresh", n_layer=2, n_embd=64, n_head=4, n_ctx=128, batch_size=8, lr=3e-3)
+INSTRUCT_BATCH = 8
+INSTRUCT_LR = {"bundled": 1e-3, "fresh": INSTRUCT_FRESH.lr}
+INSTRUCT_TRAIN_RECORDS, INSTRUCT_HELDOUT_RECORDS = 1200, 60
+INSTRUCT_EVAL_RECORDS = 24    # held-out records answered before and after (exact match)
+INSTRUCT_ANSWER_TOKENS = 16   # longest greedy answer waited for (the tasks' answers need at most ~12)
+
+
+def instruct_base_choices() -> list[tuple[str, str]]:
+    """(label, key) pairs: the bundled checkpoint when it is there, and a fresh model."""
+    bundled = (BUNDLED_DIR / WEIGHTS_FILE).is_file()
+    choices = [("the bundled model (shakespeare: 6 layers, d=128), fine-tuned", "bundled")] if bundled else []
+    return choices + [(f"a fresh model ({INSTRUCT_FRESH.n_layer} layers, d={INSTRUCT_FRESH.n_embd}, "
+                       f"ctx {INSTRUCT_FRESH.n_ctx}), from random weights", "fresh")]
+
+
+def instruct_base_model(key) -> GPT2:
+    """A new copy for this request: the shared models are never trained in place."""
+    keys = [k for _, k in instruct_base_choices()]
+    if not isinstance(key, str) or key not in keys:
+        raise InputError(f"Unknown starting model {key!r}. Choose one of: {', '.join(keys)}.")
+    if key == "bundled":
+        return build_model(str(BUNDLED_DIR), INSTRUCT_FRESH.config(), dropout=0.0)
+    return new_model(INSTRUCT_FRESH)
+
+
+@functools.lru_cache(maxsize=1)
+def instruct_data() -> tuple[tuple[dict, ...], tuple[dict, ...]]:
+    """The generated records (seeded, so the same for everyone): train, and held out with one record
+    of each task first (the answers shown before and after)."""
+    train, heldout = make_split(INSTRUCT_TRAIN_RECORDS, INSTRUCT_HELDOUT_RECORDS, seed=0)
+    first = {}
+    for r in heldout:
+        first.setdefault(r["instruction"], r)
+    shown = list(first.values())
+    return tuple(train), tuple(shown + [r for r in heldout if r not in shown])
+
+
+def n_shown_answers() -> int:
+    return len({r["instruction"] for r in instruct_data()[1]})
+
+
+def new_finetuner(key, steps: int) -> FineTuner:
+    train, heldout = instruct_data()
+    lr = INSTRUCT_LR[key]
+    settings = TrainSettings(steps=steps, batch_size=INSTRUCT_BATCH, lr=lr, min_lr=lr / 10,
+                             warmup_steps=max(1, steps // 10), weight_decay=0.0, eval_every=steps, seed=1337)
+    tuner = FineTuner.from_records(instruct_base_model(key), list(train), list(heldout), settings,
+                                   n_eval_records=INSTRUCT_EVAL_RECORDS)
+    tuner.n_shown, tuner.answer_tokens = n_shown_answers(), INSTRUCT_ANSWER_TOKENS
+    return tuner
+
+
+@dataclass
+class MaskedToken:
+    text: str
+    trained: bool     # its prediction carries loss (a response token or the end token)
+    role: str         # "prompt", "response", "end" or "padding"
+
+
+def masked_example(record: dict, pad_to: int = 0) -> list[MaskedToken]:
+    """A record's tokens as one training row shows them: the prompt (ignored), the response and the
+    end token (trained: the loss of predicting each), then padding (ignored) up to ``pad_to`` tokens."""
+    ex = encode_example(record)
+    x, y = collate([ex])
+    trained = set(i + 1 for i in (y[0] != IGNORE_INDEX).nonzero().flatten().tolist())   # target t is token t+1
+    out = []
+    for i, tid in enumerate(ex.ids):
+        role = "prompt" if i < ex.n_prompt else ("end" if tid == tokenizer.EOT_ID else "response")
+        out.append(MaskedToken(tokenizer.decode([tid]), i in trained, role))
+    out += [MaskedToken(tokenizer.EOT, False, "padding")] * max(0, pad_to - len(ex.ids))
+    return out
+
+
+def answer_rows(before: dict, after: dict | None) -> list[dict]:
+    """The shown held-out records with the answers before (and after) training."""
+    after_answers = after["answers"] if after else [None] * len(before["answers"])
+    return [{"instruction": b["instruction"], "input": b["input"], "expected": b["output"],
+             "before": b["answer"], "before_ok": b["correct"],
+             "after": a["answer"] if a else None, "after_ok": a["correct"] if a else None}
+            for b, a in zip(before["answers"], after_answers)]

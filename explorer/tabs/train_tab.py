@@ -10,7 +10,7 @@ from ..components import File, Slider
 from ..compute import training
 from ..context import AppContext
 from ..errors import handle
-from ..figures.training import loss_curve
+from ..figures.training import answers_html, loss_curve, masked_tokens_html
 from ..inputs import InputError, check_number
 from ..session import ROOT, USER_PREFIX, ModelEntry
 
@@ -35,14 +35,34 @@ Press **Use this model** afterwards to look inside *your* model in the other tab
 """
 
 
+INSTRUCT_EXPLANATION = f"""
+### Instruction tuning
+The same training, on question-and-answer records instead of plain text. Each record is written in the
+**Alpaca template** (an instruction, an input, then `### Response:`), and the loss counts **only the
+response tokens**: the prompt and the padding that makes the records of a batch equally long get the
+label -100, which the loss skips. Below, one training example: greyed tokens are ignored, highlighted
+ones are trained. The records are generated with answers a program can check (reverse the words,
+capital letters, count the items, the next number, sort, add): {len(training.instruct_data()[0]):,} to train
+on, and held-out ones the model never sees, answered greedily before and after training
+(exact match: the answer must equal the expected one).
+"""
+
+
+def _example_html() -> str:
+    """The first training record, padded as it is in a batch of the first records."""
+    train = training.instruct_data()[0]
+    longest = max(len(training.masked_example(r)) for r in train[:training.INSTRUCT_BATCH])
+    return masked_tokens_html(training.masked_example(train[0], pad_to=longest))
+
+
 def _samples_text(evals: list[dict]) -> str:
     return "\n\n".join(f"step {e['step']}: {e['sample']}" for e in evals)
 
 
-def _status(line: str, notices: list[str], last: dict | None) -> str:
+def _status(line: str, notices: list[str], last: dict | None, loss_name: str = "validation loss") -> str:
     parts = [line]
     if last is not None:
-        parts.append(f"validation loss {last['val_loss']:.3f} at step {last['step']}")
+        parts.append(f"{loss_name} {last['val_loss']:.3f} at step {last['step']}")
     return " · ".join(parts) + "".join(f"\n\nⓘ {n}" for n in notices)
 
 
@@ -104,6 +124,55 @@ def build(ctx: AppContext) -> None:
             line = training.progress_line(trainer.step, n_steps, event["elapsed"], tokens_per_step)
             yield fig, _samples_text(evals), _status(line, notices, evals[-1] if evals else None), state
 
+    gr.Markdown(INSTRUCT_EXPLANATION)
+    with gr.Row():
+        with gr.Column(scale=3):
+            example = gr.HTML(_example_html(), label="One training example", elem_id="train-instruct-example")
+        with gr.Column(scale=2):
+            bases = training.instruct_base_choices()
+            base = gr.Dropdown(bases, value=bases[0][1], label="Start from", elem_id="train-instruct-base")
+            tune_steps = Slider(training.MIN_STEPS, training.MAX_STEPS, value=100, step=10,
+                                label="Fine-tuning steps", elem_id="train-instruct-steps")
+            with gr.Row():
+                tune = gr.Button("Instruction-tune", variant="primary", elem_id="train-instruct-run")
+                tune_stop = gr.Button("Stop", variant="stop", elem_id="train-instruct-stop")
+            tune_status = gr.Markdown(elem_id="train-instruct-status")
+    tune_curve = gr.Plot(label="Loss on the response tokens", elem_id="train-instruct-curve")
+    answers = gr.HTML(label="Held-out instructions, before and after", elem_id="train-instruct-answers")
+
+    @handle
+    def instruct(base_key, n_steps):
+        """Instruction-tune a copy of the chosen model; stream the loss, then the answers after training."""
+        n_steps = check_number(n_steps, "Fine-tuning steps", training.MIN_STEPS, training.MAX_STEPS, integer=True)
+        tuner = training.new_finetuner(base_key, n_steps)
+        mean_len = sum(len(e.ids) for e in tuner.examples) / len(tuner.examples)
+        tokens_per_step = round(tuner.effective_batch * mean_len)
+        notices = [f"{len(tuner.examples):,} training records, batch {tuner.effective_batch} "
+                   f"(about {tokens_per_step:,} tokens a step), {tuner.model.num_params():,} parameters."]
+        html_example = _example_html()
+        yield (html_example, None, "", _status(f"Answering {tuner.n_eval_records} held-out instructions before "
+                                                 "training…", notices, None))
+        before, last_yield = None, 0.0
+        for event in training.train_events(tuner):
+            if event.get("stopped"):
+                notices.append(event["stopped"])
+            if before is None and "eval" in event:
+                before = event["eval"]
+            now = time.monotonic()
+            final = event.get("stopped") or tuner.step == n_steps
+            if "eval" not in event and not final and now - last_yield < YIELD_SECONDS:
+                continue
+            last_yield = now
+            evals = tuner.log["eval"]
+            after = evals[-1] if final and len(evals) > 1 else None
+            fig = loss_curve(**training.history(tuner.log), total_steps=n_steps,
+                             val_name="held-out records (response tokens)", title="Instruction-tuning loss")
+            rows = training.answer_rows(before, after)
+            table = answers_html(rows, before["exact_match"], after["exact_match"] if after else None,
+                                 before["n_eval"])
+            line = training.progress_line(tuner.step, n_steps, event["elapsed"], tokens_per_step)
+            yield html_example, fig, table, _status(line, notices, evals[-1], "held-out response loss")
+
     @handle
     def use_model(trained, user_models):
         """Make the last trained model this session's model in every tab."""
@@ -136,6 +205,10 @@ def build(ctx: AppContext) -> None:
     event = run.click(train, [text, upload, preset, steps], [curve, samples, status, trained],
                       api_name="train", concurrency_limit=1, concurrency_id="train")
     stop.click(None, None, None, cancels=[event], api_visibility="private")
+    # One run at a time, whichever kind: both share the "train" queue.
+    tuning = tune.click(instruct, [base, tune_steps], [example, tune_curve, answers, tune_status],
+                        api_name="train_instruct", concurrency_limit=1, concurrency_id="train")
+    tune_stop.click(None, None, None, cancels=[tuning], api_visibility="private")
     # Two steps, so that an error (nothing trained yet) is shown here and not on the header's menu.
     use.click(use_model, [trained, ctx.user_models], [ctx.user_models, use_status], api_name="train_use") \
         .success(select_newest, [ctx.user_models], [ctx.model_choice], api_visibility="private")

@@ -1,0 +1,61 @@
+"""A real browser (Debian's chromium, driven by Playwright) runs the Train tab's instruction tuning.
+
+It fine-tunes for 10 steps, waits for the loss curve and the answers after training, checks the
+masked example, and saves tests/artifacts/train-instruct.png to look at. Launched as in
+tests/test_browser.py: skipped without /usr/bin/chromium, except under CI.
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: the README's test command installs it")
+        pytest.skip(f"{CHROMIUM} not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.goto(app_url, wait_until="load")
+        pg.locator("#prompt").wait_for(timeout=30_000)
+        pg.errors = errors
+        yield pg
+        browser.close()
+
+
+def test_instruction_tuning_shows_the_mask_the_curve_and_the_answers(page):
+    page.get_by_role("tab", name="Train").click()
+    panel = page.locator("#tab-train")
+    panel.wait_for(state="visible", timeout=10_000)
+    example = page.locator("#train-instruct-example")
+    example.scroll_into_view_if_needed()
+    assert example.locator(".tok-trained").count() > 0 and example.locator(".tok-ignored").count() > 0
+    steps = page.locator("#train-instruct-steps input[type=number]")
+    steps.fill("10")
+    steps.press("Enter")
+    page.locator("#train-instruct-run").click()
+    page.locator("#train-instruct-curve .js-plotly-plot").wait_for(state="visible", timeout=120_000)
+    page.wait_for_function("() => (document.querySelector('#train-instruct-answers') || {innerText: ''})"
+                           ".innerText.includes('after.')", timeout=120_000)
+    answers = page.locator("#train-instruct-answers").inner_text()
+    assert "Exact match on 24 held-out records" in answers and answers.count("Reverse the order") == 1
+    assert "step 10 / 10" in page.locator("#train-instruct-status").inner_text()
+    page.wait_for_timeout(800)   # let the last redraws settle before the picture
+    assert page.locator(".toast-body.error").count() == 0, page.locator(".toast-body").all_inner_texts()
+    page.locator("#train-instruct-example").scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "train-instruct.png"), full_page=True)
+    assert not page.errors, page.errors
