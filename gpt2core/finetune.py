@@ -148,6 +148,7 @@ class FineTuner(Trainer):
     heldout: list = field(default_factory=list)    # held-out records (dicts), for exact match
     n_eval_records: int = 100                      # held-out records answered at each evaluation
     n_shown: int = 3                               # answers kept in the log per evaluation
+    answer_tokens: int = ANSWER_TOKENS             # the longest greedy answer waited for
     skipped: int = 0                               # training records longer than the context
 
     @classmethod
@@ -181,7 +182,7 @@ class FineTuner(Trainer):
         s = self.settings
         held = self.heldout[:self.n_eval_records]
         val_loss = masked_loss(self.model, [encode_example(r) for r in held], s.batch_size)
-        em, answers = exact_match(self.model, held)
+        em, answers = exact_match(self.model, held, self.answer_tokens)
         entry = {"step": self.step, "val_loss": val_loss, "exact_match": em, "n_eval": len(held),
                  "exact_match_by_instruction": by_instruction(answers), "answers": answers[:self.n_shown]}
         self.log["eval"].append(entry)
