@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 WORKERS = 4
 REQUEST_TIMEOUT = 120
 # Defaults that keep the normal requests fast (by parameter label).
-FAST = {"New tokens": 3, "Training steps": 10, "Number of draws": 50,
+FAST = {"New tokens": 3, "Training steps": 10, "Fine-tuning steps": 10, "Number of draws": 50,
         "Query token (position)": -1}     # -1 = the last token, whatever the prompt (the default is 12)
 # Values that look bad but are documented as fine for one parameter.
 LEGIT = {("/attention_view", "query_v", "none"): "None (like -1) means the last token"}
@@ -45,7 +45,8 @@ NOTICE_ENDPOINTS = {"/tokenizer_breakdown", "/attention_view", "/layernorm_view"
                     "/sampling_distribution", "/generate"}
 # Training is 10+ steps; after a bad /train input the check that the app still works uses this instead,
 # and test_train_still_trains_after_the_battery trains once at the end.
-SLOW_ENDPOINTS = {"/train": "/tokenizer_breakdown", "/train_use": "/tokenizer_breakdown"}
+SLOW_ENDPOINTS = {"/train": "/tokenizer_breakdown", "/train_use": "/tokenizer_breakdown",
+                  "/train_instruct": "/tokenizer_breakdown"}
 LONG_TEXT = ("All the world's a stage, and all the men and women merely players. " * 1500)[:100_000]
 
 

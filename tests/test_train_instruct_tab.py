@@ -88,7 +88,8 @@ def test_train_instruct_endpoint(tuned):
 
 
 @pytest.mark.parametrize("base,steps,message", [
-    ("giant", 10, "giant.*fresh"),   # the dropdown refuses it; the handler would too (test above)
+    ("giant", 10, "Unknown starting model 'giant'. Choose one of: .*fresh"),
+    (["fresh"], 10, "Unknown starting model"),
     ("fresh", 0, "must be between 10 and 300, got 0"),
     ("fresh", 301, "must be between 10 and 300, got 301"),
 ])

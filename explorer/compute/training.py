@@ -228,11 +228,12 @@ def n_shown_answers() -> int:
 
 
 def new_finetuner(key, steps: int) -> FineTuner:
+    model = instruct_base_model(key)   # first: it checks the key
     train, heldout = instruct_data()
     lr = INSTRUCT_LR[key]
     settings = TrainSettings(steps=steps, batch_size=INSTRUCT_BATCH, lr=lr, min_lr=lr / 10,
                              warmup_steps=max(1, steps // 10), weight_decay=0.0, eval_every=steps, seed=1337)
-    tuner = FineTuner.from_records(instruct_base_model(key), list(train), list(heldout), settings,
+    tuner = FineTuner.from_records(model, list(train), list(heldout), settings,
                                    n_eval_records=INSTRUCT_EVAL_RECORDS)
     tuner.n_shown, tuner.answer_tokens = n_shown_answers(), INSTRUCT_ANSWER_TOKENS
     return tuner

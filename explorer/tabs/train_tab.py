@@ -130,7 +130,9 @@ def build(ctx: AppContext) -> None:
             example = gr.HTML(_example_html(), label="One training example", elem_id="train-instruct-example")
         with gr.Column(scale=2):
             bases = training.instruct_base_choices()
-            base = gr.Dropdown(bases, value=bases[0][1], label="Start from", elem_id="train-instruct-base")
+            # The handler checks the value itself, with a message naming the choices.
+            base = gr.Dropdown(bases, value=bases[0][1], label="Start from", allow_custom_value=True,
+                               elem_id="train-instruct-base")
             tune_steps = Slider(training.MIN_STEPS, training.MAX_STEPS, value=100, step=10,
                                 label="Fine-tuning steps", elem_id="train-instruct-steps")
             with gr.Row():
