@@ -51,6 +51,41 @@ def app_url(registry):
     demo.close()
 
 
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).parent / "artifacts"   # screenshots, to look at
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    """The app in Debian's headless chromium, driven by Playwright: one browser per test module, with the
+    page's JavaScript errors in ``page.errors``. Skipped without /usr/bin/chromium, except under CI (the
+    README's test command installs it)."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: the README's test command installs it")
+        pytest.skip(f"{CHROMIUM} not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        # Playwright gives the browser a fresh temporary profile of its own.
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.goto(app_url, wait_until="load")
+        pg.locator("#prompt").wait_for(timeout=30_000)
+        pg.errors = errors
+        yield pg
+        browser.close()
+
+
+def no_error_toast(page):
+    """Gradio shows a handler's error as a toast in the page."""
+    assert page.locator(".toast-body.error").count() == 0, page.locator(".toast-body").all_inner_texts()
+
+
 @pytest.fixture(scope="session")
 def client(app_url):
     from gradio_client import Client

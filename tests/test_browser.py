@@ -4,17 +4,10 @@ For each tab: open it, press its run button, wait for its figures to draw, and s
 screenshot to tests/artifacts/ to look at. Needs /usr/bin/chromium (the README's test command
 installs it); skipped without it, except under CI where a missing browser is a failure.
 """
-import os
-from pathlib import Path
-
 import pytest
 
 from explorer.tabs import load_tabs
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).parent / "artifacts"
+from tests.conftest import ARTIFACTS, no_error_toast
 
 pytestmark = pytest.mark.browser
 
@@ -22,26 +15,6 @@ pytestmark = pytest.mark.browser
 def short(tab) -> str:
     return tab.__name__.rsplit(".", 1)[-1].removesuffix("_tab")
 
-
-@pytest.fixture(scope="module")
-def page(app_url):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: the README's test command installs it")
-        pytest.skip(f"{CHROMIUM} not installed")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        # Playwright gives the browser a fresh temporary profile of its own.
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(app_url, wait_until="load")
-        pg.locator("#prompt").wait_for(timeout=30_000)
-        pg.errors = errors
-        yield pg
-        browser.close()
 
 
 @pytest.mark.parametrize("tab", load_tabs(), ids=short)
@@ -56,8 +29,7 @@ def test_tab_draws(page, tab):
     plots = panel.locator(".js-plotly-plot")
     plots.first.wait_for(state="visible", timeout=60_000)
     page.wait_for_timeout(800)   # let the last redraws settle before the picture
-    # No error toast: gradio shows handler errors as a toast in the page.
-    assert page.locator(".toast-body.error").count() == 0, page.locator(".toast-body").all_inner_texts()
+    no_error_toast(page)
     page.screenshot(path=str(ARTIFACTS / f"tab-{name}.png"), full_page=True)
     assert not page.errors, page.errors
 
@@ -78,6 +50,8 @@ def test_empty_prompt_shows_a_message(page):
 
 def test_why_tab_explains_and_scans(page):
     """The Why tab on an example: the lens and attribution draw, then an ablation and a head scan."""
+    page.reload(wait_until="load")     # a fresh page: no toast left from an earlier test
+    page.locator("#prompt").wait_for(timeout=30_000)
     page.get_by_role("tab", name="Why this token?").click()
     panel = page.locator("#tab-why")
     panel.locator("#why-examples").get_by_text("HAMLET.", exact=False).first.click()
@@ -93,6 +67,6 @@ def test_why_tab_explains_and_scans(page):
     assert "ablating head 0.0, head 1.1" in page.locator("#why-ablation-summary").inner_text()
     assert "heads" in page.locator("#why-scan-summary").inner_text()
     page.wait_for_timeout(800)
-    assert page.locator(".toast-body.error").count() == 0, page.locator(".toast-body").all_inner_texts()
+    no_error_toast(page)
     page.screenshot(path=str(ARTIFACTS / "why-scan.png"), full_page=True)
     assert not page.errors, page.errors

@@ -1,41 +1,12 @@
 """A real browser on the reading views: the BPE merge table, a scored text, the compare view, and
 Generate's "Score this text". Screenshots go to tests/artifacts/ to look at (same launch as test_browser.py)."""
-import os
-from pathlib import Path
-
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).parent / "artifacts"
+from tests.conftest import ARTIFACTS, no_error_toast
 ROMEO = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun."
 
 pytestmark = pytest.mark.browser
 
-
-@pytest.fixture(scope="module")
-def page(app_url):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: the README's test command installs it")
-        pytest.skip(f"{CHROMIUM} not installed")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(app_url, wait_until="load")
-        pg.locator("#prompt").wait_for(timeout=30_000)
-        pg.errors = errors
-        yield pg
-        browser.close()
-
-
-def no_error_toast(page):
-    assert page.locator(".toast-body.error").count() == 0, page.locator(".toast-body").all_inner_texts()
 
 
 def test_merge_table(page):

@@ -4,37 +4,12 @@ It fine-tunes for 10 steps, waits for the loss curve and the answers after train
 masked example, and saves tests/artifacts/train-instruct.png to look at. Launched as in
 tests/test_browser.py: skipped without /usr/bin/chromium, except under CI.
 """
-import os
-from pathlib import Path
-
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).parent / "artifacts"
+from tests.conftest import ARTIFACTS, no_error_toast
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-
-@pytest.fixture(scope="module")
-def page(app_url):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: the README's test command installs it")
-        pytest.skip(f"{CHROMIUM} not installed")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(app_url, wait_until="load")
-        pg.locator("#prompt").wait_for(timeout=30_000)
-        pg.errors = errors
-        yield pg
-        browser.close()
 
 
 def test_instruction_tuning_shows_the_mask_the_curve_and_the_answers(page):
@@ -55,7 +30,7 @@ def test_instruction_tuning_shows_the_mask_the_curve_and_the_answers(page):
     assert "Exact match on 24 held-out records" in answers and answers.count("Reverse the order") == 1
     assert "step 10 / 10" in page.locator("#train-instruct-status").inner_text()
     page.wait_for_timeout(800)   # let the last redraws settle before the picture
-    assert page.locator(".toast-body.error").count() == 0, page.locator(".toast-body").all_inner_texts()
+    no_error_toast(page)
     page.locator("#train-instruct-example").scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "train-instruct.png"), full_page=True)
     assert not page.errors, page.errors

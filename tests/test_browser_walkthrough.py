@@ -2,34 +2,12 @@
 
 Screenshots go to tests/artifacts/ to look at. Needs /usr/bin/chromium (see tests/test_browser.py).
 """
-import os
-from pathlib import Path
-
 import pytest
 
-from tests.test_browser import ARGS, ARTIFACTS, CHROMIUM
+from tests.conftest import ARTIFACTS, no_error_toast
 
 pytestmark = pytest.mark.browser
 
-
-@pytest.fixture(scope="module")
-def page(app_url):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: the README's test command installs it")
-        pytest.skip(f"{CHROMIUM} not installed")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(app_url, wait_until="load")
-        pg.locator("#prompt").wait_for(timeout=30_000)
-        pg.errors = errors
-        yield pg
-        browser.close()
 
 
 def test_walkthrough_expands_a_clicked_block(page):
@@ -54,7 +32,7 @@ def test_walkthrough_expands_a_clicked_block(page):
     first_step = page.locator("#walkthrough-block-0-text").inner_text()
     assert first_step.startswith("4. ln_1")
     page.wait_for_timeout(800)
-    assert page.locator(".toast-body.error").count() == 0, page.locator(".toast-body").all_inner_texts()
+    no_error_toast(page)
     page.locator("#walkthrough-blocks").screenshot(path=str(ARTIFACTS / "walkthrough-block-list.png"))
     page.screenshot(path=str(ARTIFACTS / f"walkthrough-block{last}.png"), full_page=True)
     log = page.locator("#walkthrough-log").inner_text()
