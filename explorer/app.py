@@ -5,10 +5,11 @@ import gradio as gr
 
 from .context import AppContext
 from .errors import handle
-from .session import ModelRegistry
+from .session import HUB_NAME, HubDownload, ModelRegistry, device_label
 from .tabs import load_tabs
 
 DEFAULT_PROMPT = "To be, or not to be, that is the question:"
+DOWNLOAD_POLL_S = 1.0         # how often a page asks how far the background GPT-2 download is
 MAX_QUEUE = 64                # waiting events beyond this are refused with "queue full"
 CONCURRENCY = 4               # events computed at once; the rest wait in the queue
 CSS = """
@@ -24,11 +25,25 @@ next token. Press **Shift+Enter** in the prompt box (or a tab's button) to refre
 
 
 def model_status(entry) -> tuple[str, dict]:
-    text = f"**Model:** {entry.name} · {entry.model.num_params():,} parameters · weights: {entry.source}"
+    device = device_label(next(entry.model.parameters()).device)
+    text = (f"**Model:** {entry.name} · {entry.model.num_params():,} parameters · on {device} · "
+            f"weights: {entry.source}")
     banner = gr.update(visible=not entry.trained,
                        value="⚠️ **Untrained model:** these weights are random, so its predictions are "
                              "noise. The mechanics (tokens, attention, LayerNorm, GELU) are still real.")
     return text, banner
+
+
+def download_notice(download: HubDownload | None) -> str:
+    """The cold-start notice: how far GPT-2's download is, and that the bundled model serves meanwhile."""
+    if download is None:
+        return ""
+    if download.state == "downloading":
+        return (f"⏳ **GPT-2 is downloading: {download.fraction:.0%}** ({download.message}). Until it is ready "
+                f"every tab works on the bundled model; the menu switches to GPT-2 by itself when it is.")
+    if download.state == "ready":
+        return "✅ **GPT-2 is ready** and is now the default model."
+    return f"⚠️ **GPT-2 could not be downloaded:** {download.error} The bundled model keeps serving."
 
 
 def build_app(registry: ModelRegistry) -> gr.Blocks:
@@ -41,9 +56,12 @@ def build_app(registry: ModelRegistry) -> gr.Blocks:
         banner = gr.Markdown(banner_update["value"], visible=banner_update["visible"], elem_id="untrained-banner")
         with gr.Row():
             prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=2, scale=4, elem_id="prompt")
-            model_choice = gr.Dropdown(registry.names(), value=registry.default, label="Model", scale=1,
+            model_choice = gr.Dropdown(registry.choices(), value=registry.default, label="Model", scale=1,
                                        allow_custom_value=True, elem_id="model-choice")
         status = gr.Markdown(status_text, elem_id="model-status")
+        cold_start = registry.hub_download
+        download_md = gr.Markdown(download_notice(cold_start), visible=cold_start is not None,
+                                  elem_id="hub-download", elem_classes="notice")
         user_models = gr.State({})
         ctx = AppContext(registry, prompt, model_choice, user_models, demo)
 
@@ -53,6 +71,21 @@ def build_app(registry: ModelRegistry) -> gr.Blocks:
             return model_status(entry)
 
         model_choice.change(select_model, ctx.model_inputs, [status, banner], api_name="select_model")
+        if cold_start is not None:
+            serving_meanwhile = registry.default   # what the page serves until GPT-2 is ready
+            timer = gr.Timer(DOWNLOAD_POLL_S, active=cold_start.state == "downloading")
+
+            def poll_download(choice):
+                download = registry.hub_download
+                if download.state == "downloading":
+                    return download_notice(download), gr.update(), gr.Timer(active=True)
+                # Done: stop asking; switch this page to GPT-2 unless its user chose another model.
+                switch = download.state == "ready" and choice in (serving_meanwhile, None, "")
+                menu = gr.update(choices=registry.choices(), **({"value": HUB_NAME} if switch else {}))
+                return download_notice(download), menu, gr.Timer(active=False)
+
+            timer.tick(poll_download, [model_choice], [download_md, model_choice, timer], api_visibility="private",
+                       show_progress="hidden")
         with gr.Tabs(elem_id="tabs") as ctx.tabs:
             for tab in load_tabs():
                 short = tab.__name__.rsplit('.', 1)[-1].removesuffix('_tab')

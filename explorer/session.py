@@ -35,19 +35,30 @@ class ModelEntry:
     card: dict = field(default_factory=dict)
 
 
+@dataclass
+class HubDownload:
+    """A GPT-2 download running in the background while the page already serves (cold start)."""
+    fraction: float = 0.0
+    message: str = "starting the download"
+    state: str = "downloading"      # "downloading", then "ready" or "failed"
+    error: str = ""
+
+
 class ModelRegistry:
     """Shared, read-only models by name. Thread-safe; Hub models load on first request."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device | str = "cpu"):
         self._entries: dict[str, ModelEntry] = {}
         self._lock = threading.Lock()
         self._download_lock = threading.Lock()
         self.default: str | None = None
         self.hub_enabled = True
         self.startup_notice = ""
+        self.device = torch.device(device)
+        self.hub_download: HubDownload | None = None   # set while GPT-2 downloads in the background
 
     def add(self, entry: ModelEntry, default: bool = False) -> ModelEntry:
-        entry.model.eval()
+        entry.model.to(self.device).eval()
         for p in entry.model.parameters():
             p.requires_grad_(False)
         with self._lock:
@@ -61,6 +72,20 @@ class ModelRegistry:
         if self.hub_enabled and HUB_NAME not in names:
             names.append(HUB_NAME)
         return names
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, name) for the model menu: GPT-2's label says whether it is on this machine."""
+        return [(self.hub_label() if name == HUB_NAME else name, name) for name in self.names()]
+
+    def hub_label(self) -> str:
+        if HUB_NAME in self._entries:
+            return f"{HUB_NAME} · loaded"
+        download = self.hub_download
+        if download is not None and download.state == "downloading":
+            return f"{HUB_NAME} · downloading, {download.fraction:.0%}"
+        if weights.cached_hf(HUB_REPO) is not None:
+            return f"{HUB_NAME} · cached on this machine"
+        return f"{HUB_NAME} · not on this machine: downloads from the Hub"
 
     def get(self, name: str | None, user_models: dict | None = None, progress=None) -> ModelEntry:
         name = name or self.default
@@ -77,18 +102,67 @@ class ModelRegistry:
         raise InputError(f"Unknown model {shown}. Choose one of: {', '.join(self.names())}.")
 
     def load_hub(self, progress=None) -> ModelEntry:
-        """Download OpenAI's GPT-2 (124M) on request; a plain InputError when it can't."""
+        """OpenAI's GPT-2 (124M) on request: from the local HF cache when it is there (no network),
+        else downloaded from the Hub; a plain InputError when neither works."""
+        download = self.hub_download
+        if download is not None and download.state == "downloading" and HUB_NAME not in self._entries:
+            # Don't hold a request for minutes behind the background download: say where it is.
+            raise InputError(f"GPT-2 is still downloading ({download.fraction:.0%}: {download.message}). "
+                             f"The other models work meanwhile; choose GPT-2 again when the notice says it is ready.")
         # One download at a time: a second request waits for the first instead of fetching again.
         with self._download_lock:
             with self._lock:
                 if HUB_NAME in self._entries:
                     return self._entries[HUB_NAME]
+            cached = weights.cached_hf(HUB_REPO)
+            if cached and progress:
+                progress(1.0, f"{HUB_REPO} found in the local Hugging Face cache ({cached}); loading it")
             try:
-                model = weights.load_from_hub(HUB_REPO, progress=progress)
+                folder = cached or weights.download_hf(HUB_REPO, progress=progress)
+                model = weights.load_hf(folder)
             except WeightsError as e:
                 raise InputError(f"Could not load GPT-2 from the Hugging Face Hub: {e}. "
                                  f"This machine may be offline; the other models still work.") from None
-            return self.add(ModelEntry(HUB_NAME, model, f"Hugging Face Hub: {HUB_REPO} (OpenAI's GPT-2 124M)"))
+            source = (f"the local Hugging Face cache ({folder}), no network used" if cached else
+                      f"Hugging Face Hub: {HUB_REPO}, downloaded into the local cache")
+            return self.add(ModelEntry(HUB_NAME, model, f"{source} (OpenAI's GPT-2 124M)"))
+
+    def start_hub_download(self) -> threading.Thread:
+        """Cold start: fetch GPT-2 in a background thread while the page serves the other models; when it
+        is ready it becomes the default. Progress and failure are in ``self.hub_download``."""
+        download = self.hub_download = HubDownload()
+
+        def report(fraction, message):
+            download.fraction, download.message = float(fraction), message
+
+        def run():
+            try:
+                with self._download_lock:
+                    model = weights.load_hf(weights.download_hf(HUB_REPO, progress=report))
+                    self.add(ModelEntry(HUB_NAME, model, f"Hugging Face Hub: {HUB_REPO}, downloaded into the "
+                                                         "local cache at start-up (OpenAI's GPT-2 124M)"),
+                             default=True)
+                download.state, download.fraction, download.message = "ready", 1.0, "GPT-2 is ready"
+            except WeightsError as e:
+                download.state, download.error = "failed", str(e)
+            except Exception as e:  # noqa: BLE001 - a thread's error would otherwise vanish unseen
+                download.state, download.error = "failed", f"{type(e).__name__}: {e}"
+
+        thread = threading.Thread(target=run, name="gpt2-download", daemon=True)
+        thread.start()
+        return thread
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device auto|cpu|cuda as training reads it: auto takes CUDA when there is one; cuda where there is
+    none is a ValueError with a plain message (the app stops at start-up with it)."""
+    from gpt2core.train import resolve_device as train_resolve_device
+    return train_resolve_device(name)
+
+
+def device_label(device: torch.device) -> str:
+    from gpt2core.train import device_label as train_device_label
+    return train_device_label(device)
 
 
 def random_model(seed: int = 0) -> GPT2:
@@ -105,9 +179,13 @@ def describe_source(path: Path, shown: str | None = None) -> str:
     return f"{shown or path} (Hugging Face GPT-2 checkpoint)"
 
 
-def build_registry(weights_arg: str | None = None, progress=None) -> ModelRegistry:
-    """The models this process serves: bundled (or random), plus ``--weights``; Hub on a Space."""
-    registry = ModelRegistry()
+def build_registry(weights_arg: str | None = None, progress=None, device: torch.device | str = "cpu",
+                   background_download: bool = False) -> ModelRegistry:
+    """The models this process serves: bundled (or random), plus ``--weights``; Hub on a Space.
+
+    GPT-2 from the local HF cache loads at once. When it must be downloaded and ``background_download``
+    is set (the app), the download runs in a thread and the bundled model serves until it is ready."""
+    registry = ModelRegistry(device)
     if (BUNDLED_DIR / weights.WEIGHTS_FILE).is_file():
         doc = weights.read_metadata(BUNDLED_DIR)
         registry.add(ModelEntry(doc.get("display_name", "shakespeare (bundled)"), load(BUNDLED_DIR),
@@ -117,6 +195,9 @@ def build_registry(weights_arg: str | None = None, progress=None) -> ModelRegist
         registry.add(ModelEntry(RANDOM_NAME, random_model(), "random initialisation (seed 0), untrained",
                                 trained=False))
     if weights_arg in ("gpt2", HUB_REPO) or (weights_arg is None and os.environ.get("SPACE_ID")):
+        if background_download and weights.cached_hf(HUB_REPO) is None:
+            registry.start_hub_download()
+            return registry
         try:
             registry.default = registry.load_hub(progress).name
         except InputError as e:

@@ -196,23 +196,68 @@ def read_metadata(folder) -> dict:
     return _read_json(Path(folder) / CONFIG_FILE)
 
 
-def download_hf(repo_id: str = "openai-community/gpt2", progress=None) -> Path:
-    """Fetch config.json and model.safetensors from the Hub; only ever called on request.
+HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 
-    ``progress(fraction, message)`` is called before and after each file. Raises WeightsError
-    with a plain message when the Hub can't be reached.
+
+def cached_hf(repo_id: str = "openai-community/gpt2") -> Path | None:
+    """The snapshot folder of ``repo_id`` in the local Hugging Face cache when both files are there, else None.
+
+    Reads the cache only (``HF_HUB_CACHE``, else ``HF_HOME``/hub): no network, so it answers offline."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = [try_to_load_from_cache(repo_id, name) for name in HUB_FILES]
+    if not all(isinstance(f, str) and Path(f).is_file() for f in found):
+        return None
+    folders = {Path(f).parent for f in found}
+    return folders.pop() if len(folders) == 1 else None   # both files of one revision
+
+
+def _byte_progress(progress, start: float, span: float, label: str):
+    """A tqdm class for hf_hub_download that prints its bar as usual and reports the bytes to ``progress``,
+    mapped onto [start, start + span] of the whole download."""
+    from tqdm.auto import tqdm
+
+    class Reporting(tqdm):
+        received = 0   # counted here: a disabled bar (HF_HUB_DISABLE_PROGRESS_BARS) leaves self.n at 0
+
+        def update(self, n=1):
+            shown = super().update(n)
+            self.received += n or 0
+            if self.total:
+                progress(start + span * min(self.received / self.total, 1.0),
+                         f"downloading {label}: {self.received / 1e6:,.1f} of {self.total / 1e6:,.1f} MB")
+            return shown
+
+    return Reporting
+
+
+def download_hf(repo_id: str = "openai-community/gpt2", progress=None) -> Path:
+    """The folder of config.json and model.safetensors: from the local cache when they are there (no
+    network at all), else fetched from the Hub into that cache; only ever called on request.
+
+    ``progress(fraction, message)`` is called before each file and as its bytes arrive. Raises
+    WeightsError with a plain message when the Hub can't be reached.
     """
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise WeightsError("huggingface_hub is not installed: pip install huggingface_hub") from None
+    cached = cached_hf(repo_id)
+    if cached is not None:
+        if progress:
+            progress(1.0, f"{repo_id} found in the local Hugging Face cache ({cached})")
+        return cached
     _check_hub_reachable()
     paths = []
-    for i, name in enumerate((CONFIG_FILE, WEIGHTS_FILE)):
+    # config.json is a few hundred bytes; the weights are the whole wait, so they get 98% of the bar.
+    for name, start, span in ((CONFIG_FILE, 0.0, 0.02), (WEIGHTS_FILE, 0.02, 0.98)):
         if progress:
-            progress(i / 2, f"downloading {repo_id}/{name}")
+            progress(start, f"downloading {repo_id}/{name}")
         try:
-            paths.append(Path(hf_hub_download(repo_id, name)))
+            tqdm_class = _byte_progress(progress, start, span, f"{repo_id}/{name}") if progress else None
+            paths.append(Path(hf_hub_download(repo_id, name, tqdm_class=tqdm_class)))
         except Exception as e:  # network, auth, missing repo: all mean "can't get it from here"
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
             raise WeightsError(f"could not download {repo_id}/{name} from the Hugging Face Hub"
