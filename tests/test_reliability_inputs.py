@@ -37,9 +37,15 @@ WORKERS = 4
 REQUEST_TIMEOUT = 120
 # Defaults that keep the normal requests fast (by parameter label).
 FAST = {"New tokens": 3, "Training steps": 10, "Fine-tuning steps": 10, "Number of draws": 50,
-        "Query token (position)": -1}     # -1 = the last token, whatever the prompt (the default is 12)
+        "Query token (position)": -1,     # -1 = the last token, whatever the prompt (the default is 12)
+        "Heads to knock out (layer.head, e.g. 0.1, 3.2)": "0.0"}   # the default, none, is refused
 # Values that look bad but are documented as fine for one parameter.
-LEGIT = {("/attention_view", "query_v", "none"): "None (like -1) means the last token"}
+LEGIT = {("/attention_view", "query_v", "none"): "None (like -1) means the last token",
+         **{(api, "position_v", "none"): "None (like -1) means the last token"
+            for api in ("/why_lens", "/why_attribution", "/why_ablate", "/why_scan")}}
+# Text boxes that may be left empty (a default is used) and take any text (the first token of it).
+OPTIONAL_TEXT = {("/why_lens", "target_v"), ("/why_attribution", "target_v"), ("/why_attribution", "contrast_v"),
+                 ("/why_ablate", "target_v"), ("/why_ablate", "mlps_v"), ("/why_scan", "target_v")}
 # Endpoints whose outputs show the prompt's notices (cut, control characters, surrogates, EOT).
 NOTICE_ENDPOINTS = {"/tokenizer_breakdown", "/attention_view", "/layernorm_view", "/gelu_view",
                     "/sampling_distribution", "/generate"}
@@ -192,7 +198,8 @@ def kinds_for(group: str, p: dict, nth: int) -> list[Kind]:
 
 
 def expectation(api: str, p: dict, group: str, kind: Kind) -> Kind:
-    if (api, p["parameter_name"], kind.name) in LEGIT:
+    optional = (api, p["parameter_name"]) in OPTIONAL_TEXT and (kind.value is None or isinstance(kind.value, str))
+    if (api, p["parameter_name"], kind.name) in LEGIT or optional:
         return replace(kind, expect="either", match=None)
     if group == "text" and p["label"] != "Prompt":
         # The training text: short texts are (rightly) refused as too short, controls are kept.

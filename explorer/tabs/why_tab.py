@@ -129,13 +129,16 @@ def build(ctx: AppContext) -> None:
                            f"knocked out ({mode_v} ablation)", "Δ log p", "in log-probability")
         return view.summary, fig
 
+    # preprocess=False: every value reaches the handlers as sent, and they check it with plain messages
+    # (gradio's own Radio check answers an API caller with a Python repr of the value).
     head_inputs = [ctx.prompt, position, target]
     triggers = [run.click, ctx.prompt.submit]
     gr.on(triggers, show_lens, [*head_inputs, *ctx.model_inputs], [notice, lens_summary, lens_plot, lines_plot],
-          api_name="why_lens")
+          api_name="why_lens", preprocess=False)
     gr.on(triggers, show_attribution, [*head_inputs, contrast, *ctx.model_inputs],
-          [attribution_summary, heads_plot, layers_plot], api_name="why_attribution")
+          [attribution_summary, heads_plot, layers_plot], api_name="why_attribution", preprocess=False)
     gr.on([ablate.click, heads_box.submit, mlps_box.submit], show_ablation,
           [*head_inputs, heads_box, mlps_box, mode, *ctx.model_inputs], [ablation_summary, ablation_plot],
-          api_name="why_ablate")
-    scan.click(show_scan, [*head_inputs, mode, *ctx.model_inputs], [scan_summary, scan_plot], api_name="why_scan")
+          api_name="why_ablate", preprocess=False)
+    scan.click(show_scan, [*head_inputs, mode, *ctx.model_inputs], [scan_summary, scan_plot], api_name="why_scan",
+               preprocess=False)
