@@ -38,14 +38,19 @@ REQUEST_TIMEOUT = 120
 # Defaults that keep the normal requests fast (by parameter label).
 FAST = {"New tokens": 3, "Training steps": 10, "Fine-tuning steps": 10, "Number of draws": 50,
         "Query token (position)": -1,     # -1 = the last token, whatever the prompt (the default is 12)
+        "Token to follow (position)": -1,
         "Heads to knock out (layer.head, e.g. 0.1, 3.2)": "0.0"}   # the default, none, is refused
 # Values that look bad but are documented as fine for one parameter.
 LEGIT = {("/attention_view", "query_v", "none"): "None (like -1) means the last token",
          **{(api, "position_v", "none"): "None (like -1) means the last token"
-            for api in ("/why_lens", "/why_attribution", "/why_ablate", "/why_scan")}}
+            for api in ("/why_lens", "/why_attribution", "/why_ablate", "/why_scan")},
+         ("/embeddings_neighbours", "token_v", "unknown"): "any typed word is a token to look up",
+         ("/embeddings_projection", "words_v", "unknown"): "one word is refused for its count, not its name"}
 # Text boxes that may be left empty (a default is used) and take any text (the first token of it).
 OPTIONAL_TEXT = {("/why_lens", "target_v"), ("/why_attribution", "target_v"), ("/why_attribution", "contrast_v"),
-                 ("/why_ablate", "target_v"), ("/why_ablate", "mlps_v"), ("/why_scan", "target_v")}
+                 ("/why_ablate", "target_v"), ("/why_ablate", "mlps_v"), ("/why_scan", "target_v"),
+                 # The prompt only adds choices to the token list, or is projected when chosen instead of the words.
+                 ("/embeddings_neighbours", "text"), ("/embeddings_projection", "text")}
 # Endpoints whose outputs show the prompt's notices (cut, control characters, surrogates, EOT).
 NOTICE_ENDPOINTS = {"/tokenizer_breakdown", "/attention_view", "/layernorm_view", "/gelu_view",
                     "/sampling_distribution", "/generate"}
