@@ -114,7 +114,8 @@ def lens_view(model: GPT2, ids: list[int], position: int, target: int | None) ->
                      f"(best: rank {int(t_ranks.min()):,}, at {stages[int(t_ranks.argmin())]}).")
     n_settled = int((ranks[:, :] == 1).all(axis=0).sum())
     words.append(f"Across the prompt, {int((ranks[-2] == 1).sum())} of {T} positions already have the final "
-                 f"pick on top one stage before the end; {n_settled} have it on top at every stage.")
+                 f"pick on top one stage before the end; {n_settled} {'has' if n_settled == 1 else 'have'} it on top "
+                 "at every stage.")
     return LensView(stages=stages, tokens=[token_text(i) for i in ids], top_text=top_text, top_prob=top_probs[:, :, 0],
                     hover=hover, position=position, series=series, summary=" ".join(words))
 
