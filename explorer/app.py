@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .context import AppContext
+from . import lecture
 from .errors import handle
 from .session import HUB_NAME, HubDownload, ModelRegistry, device_label
 from .tabs import load_tabs
@@ -15,7 +16,7 @@ CONCURRENCY = 4               # events computed at once; the rest wait in the qu
 CSS = """
 #untrained-banner { background: #fff3cd; border: 1px solid #e0b000; border-radius: 6px; padding: 4px 12px; }
 .notice { color: #8a5a00; }
-"""
+""" + lecture.CSS
 HEADER = """
 # GPT-2 Explorer
 Type a prompt, then open a tab to watch GPT-2 work on it: how the tokenizer splits the text, where
@@ -46,6 +47,35 @@ def download_notice(download: HubDownload | None) -> str:
     return f"⚠️ **GPT-2 could not be downloaded:** {download.error} The bundled model keeps serving."
 
 
+def wire_link(ctx: AppContext, tab_ids: list[str], presentation, copy_link, link_box) -> None:
+    """The page's link and presentation mode (explorer.lecture): restore on load, then draw; keep the address
+    bar current as controls change; copy it on request."""
+    fields = [f.component for f in ctx.url.fields]
+
+    def restore(request: gr.Request):
+        query = dict(request.query_params) if request is not None else {}
+        updates, messages = lecture.restore_updates(query, ctx, tab_ids)
+        for message in messages:
+            gr.Warning(message)
+        return updates
+
+    ctx.demo.load(None, js=lecture.page_script(ctx.url.fields))
+    link_inputs = [ctx.prompt, ctx.model_choice, presentation, *fields]
+    ctx.demo.load(restore, None, [ctx.prompt, ctx.model_choice, ctx.tabs, presentation, *fields],
+                  api_visibility="private", show_progress="hidden").then(
+        None, link_inputs, None, js=lecture.after_restore_js(ctx.url))
+    link_js = "(prompt, model, present, ...values) => window.explorer.link(prompt, model, present, values)"
+    # A tab switch shows the new panel after the event: read the open tab a moment later.
+    later_js = ("(prompt, model, present, ...values) => { setTimeout(() => "
+                "window.explorer.link(prompt, model, present, values), 100); }")
+    gr.on([c.change for c in link_inputs], None, link_inputs, None, js=link_js)
+    ctx.tabs.select(None, link_inputs, None, js=later_js)
+    copy_link.click(None, link_inputs, [link_box], js="(prompt, model, present, ...values) => { "
+                    "const url = window.explorer.link(prompt, model, present, values); "
+                    "navigator.clipboard?.writeText(url).catch(() => {}); return url; }")
+    presentation.change(None, [presentation], None, js="(on) => window.explorer.present_mode(on)")
+
+
 def build_app(registry: ModelRegistry) -> gr.Blocks:
     default = registry.get(registry.default)
     with gr.Blocks(title="GPT-2 Explorer") as demo:
@@ -59,11 +89,19 @@ def build_app(registry: ModelRegistry) -> gr.Blocks:
             model_choice = gr.Dropdown(registry.choices(), value=registry.default, label="Model", scale=1,
                                        allow_custom_value=True, elem_id="model-choice")
         status = gr.Markdown(status_text, elem_id="model-status")
+        with gr.Row(equal_height=True):
+            presentation = gr.Checkbox(False, label="Presentation mode: large fonts for a lecture hall",
+                                       elem_id="presentation", scale=2)
+            copy_link = gr.Button("Copy link", elem_id="copy-link", size="sm", scale=1)
+            link_box = gr.Textbox(label="Link to this view (the address bar holds it too)", elem_id="share-link",
+                                  interactive=False, scale=4, max_lines=1)
+        # Clicked by the page after a link's settings are restored: the tabs' first draw (ctx.refresh_triggers).
+        page_ready = gr.Button("draw", elem_id="page-ready", elem_classes="url-hidden")
         cold_start = registry.hub_download
         download_md = gr.Markdown(download_notice(cold_start), visible=cold_start is not None,
                                   elem_id="hub-download", elem_classes="notice")
         user_models = gr.State({})
-        ctx = AppContext(registry, prompt, model_choice, user_models, demo)
+        ctx = AppContext(registry, prompt, model_choice, user_models, demo, page_ready=page_ready)
 
         @handle
         def select_model(name, user_models, progress=gr.Progress()):
@@ -86,10 +124,14 @@ def build_app(registry: ModelRegistry) -> gr.Blocks:
 
             timer.tick(poll_download, [model_choice], [download_md, model_choice, timer], api_visibility="private",
                        show_progress="hidden")
+        tab_ids = []
         with gr.Tabs(elem_id="tabs") as ctx.tabs:
             for tab in load_tabs():
                 short = tab.__name__.rsplit('.', 1)[-1].removesuffix('_tab')
+                tab_ids.append(short)
+                ctx.building_tab = short
                 with gr.Tab(tab.TITLE, id=short, elem_id=f"tab-{short}"):   # id: gr.Tabs(selected=short)
                     tab.build(ctx)
+        wire_link(ctx, tab_ids, presentation, copy_link, link_box)
     demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=CONCURRENCY)
     return demo

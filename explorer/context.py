@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from .inputs import InputError, prepare_prompt
+from .lecture import UrlState
 from .session import ModelEntry, ModelRegistry
 
 
@@ -18,11 +19,23 @@ class AppContext:
     demo: gr.Blocks             # the app, for its page-load event
     tabs: gr.Tabs | None = None  # the tab bar: gr.Tabs(selected=<short name>) as an output switches tabs
     shared: dict = field(default_factory=dict)   # what a tab offers later tabs, e.g. "score": its event kwargs
+    # Clicked by the page once a link's settings are restored (explorer.lecture): the tabs' first draw.
+    page_ready: gr.Button | None = None
+    url: UrlState = field(default_factory=UrlState)
+    building_tab: str = ""      # the short name of the tab whose build() runs now
 
     @property
     def refresh_triggers(self) -> list:
-        """When a tab's views recompute by themselves: Shift+Enter in the prompt, and page load."""
-        return [self.prompt.submit, self.demo.load]
+        """When a tab's views recompute by themselves: Shift+Enter in the prompt, and page load (after a
+        link's settings are restored, so the first draw is the linked view)."""
+        return [self.prompt.submit, self.page_ready.click]
+
+    def url_state(self, limits=None, redraw=None, **components) -> None:
+        """Put these controls of the tab being built into the page's link under these keys.
+        ``limits(model_entry, prompt_text) -> {key: (lo, hi)}`` gives ranges that depend on the model or
+        the prompt; other numbers are checked against their control's own minimum and maximum.
+        ``redraw``: the button a link to this tab presses, for a tab that doesn't draw on page load."""
+        self.url.add(self.building_tab, components, limits, redraw)
 
     @property
     def model_inputs(self) -> list:

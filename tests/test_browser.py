@@ -50,7 +50,9 @@ def test_empty_prompt_shows_a_message(page):
 
 def test_why_tab_explains_and_scans(page):
     """The Why tab on an example: the lens and attribution draw, then an ablation and a head scan."""
-    page.reload(wait_until="load")     # a fresh page: no toast left from an earlier test
+    # A fresh page: no toast left from an earlier test. Not a reload: the address bar keeps the view
+    # (explorer.lecture), and that is the empty prompt the test before left.
+    page.goto(page.url.split("?")[0], wait_until="load")
     page.locator("#prompt").wait_for(timeout=30_000)
     page.get_by_role("tab", name="Why this token?").click()
     panel = page.locator("#tab-why")

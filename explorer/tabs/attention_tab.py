@@ -148,8 +148,13 @@ def build(ctx: AppContext) -> None:
         text_md = (notes + "\n\n" if notes else "") + _summary(prompt, run.patterns, layer_i, head_i, q)
         return big, avg, per_head, grid, text_md
 
+    def link_limits(entry, text):
+        c, T = entry.model.config, len(_prompt(text, entry.model).ids)
+        return {"layer": (0, c.n_layer - 1), "head": (0, c.n_head - 1), "query": (0, T - 1)}
+
+    ctx.url_state(layer=layer, head=head, query=query, scores=show_scores, limits=link_limits)
     model_inputs = list(ctx.model_inputs)
-    sync = gr.on([btn.click, ctx.prompt.submit, ctx.demo.load, layer.release, head.release, query.release, show_scores.input,
+    sync = gr.on([btn.click, ctx.prompt.submit, ctx.page_ready.click, layer.release, head.release, query.release, show_scores.input,
                   ctx.model_choice.change],
                  sync_controls, [ctx.prompt, layer, head, query, n_tokens, *model_inputs],
                  [layer, head, query, n_tokens], api_visibility="private")

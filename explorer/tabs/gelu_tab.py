@@ -91,6 +91,7 @@ def build(ctx: AppContext) -> None:
 
     inputs = [ctx.prompt, layer, log_y, *ctx.model_inputs]
     outputs = [notice, layer, summary, hist_plot, shares_plot, all_plot]
+    ctx.url_state(layer=layer, log=log_y, exact=exact)
     btn.click(view, inputs, outputs, api_name="gelu_view")
     gr.on(ctx.refresh_triggers, view, inputs, outputs, api_visibility="private")
     layer.submit(view, inputs, outputs, api_visibility="private")

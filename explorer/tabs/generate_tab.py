@@ -98,6 +98,7 @@ def build(ctx: AppContext) -> None:
         return probability_line([t.label for t in tokens], [t.prob for t in tokens],
                                 [t.sampled_prob for t in tokens])
 
+    ctx.url_state(temperature=temperature, top_k=top_k, top_p=top_p, new_tokens=max_new, seed=seed)
     event = run.click(generate, [ctx.prompt, temperature, top_k, top_p, max_new, seed, *ctx.model_inputs],
                       [notice, output, probs_plot, info, generated], api_name="generate")
     stop.click(None, None, None, cancels=[event])

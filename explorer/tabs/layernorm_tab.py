@@ -81,6 +81,7 @@ def build(ctx: AppContext) -> None:
 
     inputs = [ctx.prompt, token, *ctx.model_inputs]
     outputs = [notice, token, scale_md, std_plot, mean_plot, token_plot, token_md, resid_plot, resid_md]
+    ctx.url_state(token=token)
     btn.click(view, inputs, outputs, api_name="layernorm_view")
     gr.on(ctx.refresh_triggers, view, inputs, outputs, api_visibility="private")
     token.release(view, inputs, outputs, api_visibility="private")

@@ -45,4 +45,4 @@ def build(ctx: AppContext) -> None:
     outputs = [source, architecture, config, params, card]
     btn = gr.Button("Show model", elem_id="model-run", variant="primary")
     btn.click(show, ctx.model_inputs, outputs, api_name="model_info")
-    gr.on([ctx.model_choice.change, ctx.demo.load], show, ctx.model_inputs, outputs, api_visibility="private")
+    gr.on([ctx.model_choice.change, ctx.page_ready.click], show, ctx.model_inputs, outputs, api_visibility="private")

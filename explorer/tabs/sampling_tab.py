@@ -100,6 +100,7 @@ def build(ctx: AppContext) -> None:
                          view.other_observed, view.n_draws, view.tvd)
         return fig, draws_markdown(view), cache
 
+    ctx.url_state(temperature=temperature, top_k=top_k, top_p=top_p, bars=n_bars, draws=n_draws, seed=seed)
     settings = [ctx.prompt, temperature, top_k, top_p, n_bars]
     show_io = dict(fn=show, inputs=[*settings, logits_cache, *ctx.model_inputs],
                    outputs=[notice, bars, summary, logits_cache])

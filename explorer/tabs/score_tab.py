@@ -84,6 +84,7 @@ def build(ctx: AppContext) -> None:
     score_io = dict(fn=score, inputs=[ctx.prompt, mode, *ctx.model_inputs],
                     outputs=[notice, scored, summary, hist, line, surprising, last_view])
     # preprocess=False: the radio's own check names Python types ("<class 'list'>"); _check_mode says it plainly
+    ctx.url_state(colour=mode)
     run.click(**score_io, api_name="score_text", preprocess=False)
     gr.on(ctx.refresh_triggers, **score_io, api_visibility="private")
     mode.change(recolor, [mode, last_view], [scored], api_visibility="private", preprocess=False)

@@ -131,6 +131,7 @@ def build(ctx: AppContext) -> None:
 
     # preprocess=False: every value reaches the handlers as sent, and they check it with plain messages
     # (gradio's own Radio check answers an API caller with a Python repr of the value).
+    ctx.url_state(position=position, target=target, contrast=contrast, redraw=run)
     head_inputs = [ctx.prompt, position, target]
     triggers = [run.click, ctx.prompt.submit]
     gr.on(triggers, show_lens, [*head_inputs, *ctx.model_inputs], [notice, lens_summary, lens_plot, lines_plot],
