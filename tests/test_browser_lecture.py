@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from tests.conftest import ARTIFACTS, BROWSER_ARGS, CHROMIUM, no_error_toast, plot_json
+from tests.test_lecture import fake_hub, hf_cache  # noqa: F401 - fixtures: a temporary HF cache, a faked Hub
 
 pytestmark = pytest.mark.browser
 HEATMAP = "#attention-heatmap"
@@ -184,3 +185,41 @@ def test_presentation_mode_is_in_the_link_and_enlarges_the_fonts(browser, app_ur
     fresh.screenshot(path=str(ARTIFACTS / "lecture-presentation.png"), full_page=False)
     assert not fresh.errors, fresh.errors
     fresh.context.close()
+
+
+def test_a_cold_start_shows_the_download_and_switches_to_gpt2(browser, fake_hub, monkeypatch):
+    """A Space's first start, faked: GPT-2 "downloads" (a copy of the tiny HF model, held half way by a gate)
+    while the page already serves the bundled model, shows the progress, then switches to GPT-2."""
+    import threading
+
+    import huggingface_hub
+
+    from explorer.app import CSS, build_app
+    from explorer.session import HUB_NAME, build_registry
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)   # gradio's own Hub calls stay off
+    fake_hub.gate = threading.Event()
+    registry = build_registry("gpt2", background_download=True)
+    assert fake_hub.halfway.wait(30)
+    demo = build_app(registry)
+    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, css=CSS, quiet=True)
+    try:
+        pg = open_page(browser, demo.local_url)
+        notice = pg.locator("#hub-download")
+        notice.get_by_text("GPT-2 is downloading:").wait_for(timeout=20_000)
+        percent = f"{registry.hub_download.fraction:.0%}"
+        assert percent in notice.inner_text() and "bundled model" in notice.inner_text()
+        pg.locator("#tokenizer-run").click()             # the tabs work meanwhile, on the bundled model
+        pg.locator("#tab-tokenizer .js-plotly-plot").first.wait_for(state="visible", timeout=60_000)
+        assert registry.default in pg.locator("#model-status").inner_text()
+        pg.screenshot(path=str(ARTIFACTS / "lecture-cold-start.png"), full_page=False)
+        fake_hub.gate.set()
+        notice.get_by_text("GPT-2 is ready").wait_for(timeout=30_000)
+        pg.locator("#model-status").get_by_text("downloaded into the local cache at start-up").wait_for(timeout=30_000)
+        assert pg.locator("#model-choice input").input_value().startswith(HUB_NAME)
+        no_error_toast(pg)
+        pg.screenshot(path=str(ARTIFACTS / "lecture-cold-start-ready.png"), full_page=False)
+        assert not pg.errors, pg.errors
+        pg.context.close()
+    finally:
+        demo.close()

@@ -313,6 +313,20 @@ def test_device_auto_falls_back_to_the_cpu(monkeypatch):
     assert next(registry.get(None).model.parameters()).device == device
 
 
+def test_a_cuda_device_serves_on_the_cpu_with_a_notice_until_the_views_run_there(monkeypatch):
+    from explorer import session
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)       # a GPU machine, as far as --device knows
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    for asked in ("auto", "cuda"):
+        resolved = session.resolve_device(asked)
+        assert resolved.type == "cuda"
+        device, notice = session.serving_device(resolved)
+        assert device == torch.device("cpu")
+        assert notice.startswith("--device: cuda (NVIDIA H200) is available, but the views compute on the CPU")
+    assert session.serving_device(torch.device("cpu")) == (torch.device("cpu"), "")
+
+
 def test_device_cuda_without_one_stops_the_app_with_a_plain_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
