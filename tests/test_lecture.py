@@ -338,3 +338,50 @@ def test_device_cuda_without_one_stops_the_app_with_a_plain_error():
     out = subprocess.run([sys.executable, "app.py", "--port", str(free_port())], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "no CUDA device is available here" in out.stderr
+
+
+# ---- 2. what a link sets (the browser tests open real links) ----------------------------------------
+
+def test_a_links_values_are_checked_as_the_controls_check_them(registry):
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from explorer.components import Slider
+    from explorer.lecture import UrlState, restore_updates
+
+    with gr.Blocks():
+        prompt = gr.Textbox("default prompt")
+        layer = Slider(0, 5, value=0, step=1, label="Layer")
+        temperature = Slider(0, 2, value=1.0, step=0.05, label="Temperature (0 = greedy)")
+        scores = gr.Checkbox(False, label="Show raw scores")
+        colour = gr.Radio(["rank", "surprisal"], value="rank", label="Colour each token by")
+    url = UrlState()
+    url.add("attention", {"layer": layer, "scores": scores}, limits=lambda entry, text: {"layer": (0, 3)})
+    url.add("sampling", {"temperature": temperature})
+    url.add("score", {"colour": colour})
+    ctx = SimpleNamespace(prompt=prompt, url=url, model=registry.get)
+    tabs = ["attention", "sampling", "score"]
+
+    updates, messages = restore_updates({"tab": "attention", "prompt": "Hi there", "layer": "3", "scores": "1",
+                                         "temperature": "0.5"}, ctx, tabs)
+    prompt_u, model_u, tabs_u, present_u, layer_u, scores_u, temp_u, colour_u = updates
+    assert messages == [] and prompt_u["value"] == "Hi there" and tabs_u.selected == "attention"
+    assert layer_u["value"] == 3 and layer_u["maximum"] == 3 and scores_u["value"] is True
+    assert "value" not in temp_u                       # another tab's key: not this link's view
+
+    updates, messages = restore_updates({"tab": "attention", "layer": "4", "scores": "yes", "model": "nope"},
+                                        ctx, tabs)
+    assert messages[0].startswith("From the link: Unknown model 'nope'. Choose one of:")
+    assert "From the link: Layer must be between 0 and 3, got 4." in messages      # the tab's own range
+    assert "From the link: Show raw scores must be 1 or 0 (on or off), got 'yes'." in messages
+    assert all("value" not in u for u in updates[4:])
+
+    updates, messages = restore_updates({"tab": "sampling", "temperature": "2.5", "present": "1"}, ctx, tabs)
+    assert messages == ["From the link: Temperature (0 = greedy) must be between 0 and 2, got 2.5."]
+    assert updates[3]["value"] is True
+    updates, messages = restore_updates({"tab": "score", "colour": "loudness"}, ctx, tabs)
+    assert messages == ["From the link: Colour each token by must be one of rank, surprisal, got 'loudness'."]
+    updates, messages = restore_updates({"tab": "nowhere", "prompt": "still applies"}, ctx, tabs)
+    assert messages == ["From the link: there is no tab 'nowhere'; the tabs are attention, sampling, score."]
+    assert updates[0]["value"] == "still applies"

@@ -115,6 +115,8 @@ def build(ctx: AppContext) -> None:
     def refresh_choices(user_models):
         return gr.update(choices=choices(user_models)), gr.update(choices=choices(user_models))
 
+    ctx.url_state(prompt_a=text_a, prompt_b=text_b, model_a=model_a, model_b=model_b, layer=layer, head=head,
+                  redraw=run)
     # preprocess=False: API callers may send any layer or head; compare() checks them against both models.
     run.click(compare, [text_a, text_b, model_a, model_b, layer, head, ctx.user_models],
               [notice, summary, bars, chips_a, chips_b, attn, diff_plot], api_name="compare_view",

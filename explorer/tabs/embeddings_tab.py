@@ -119,6 +119,7 @@ def build(ctx: AppContext) -> None:
                          outputs=[projection_plot, projection_info])
     positions_io = dict(fn=embeddings_positions, inputs=model_inputs,
                         outputs=[positions_info, trained_plot, untrained_plot, norms_plot])
+    ctx.url_state(token=token, redraw=btn)
     # preprocess=False: API callers may send any token or word (the dropdowns would refuse values not in
     # their lists with a generic message); the handlers check them and answer in words.
     btn.click(**neighbours_io, api_name="embeddings_neighbours", preprocess=False)

@@ -143,6 +143,7 @@ def build(ctx: AppContext) -> None:
     btn.click(show_tokens, token_inputs, token_outputs, api_name="tokenizer_breakdown").then(
         show_windows, window_inputs, window_outputs, api_visibility="private").then(
         **merge_io, api_visibility="private")
+    ctx.url_state(context=context_length, stride=stride)
     merges_btn.click(**merge_io, api_name="tokenizer_merges")
     chunk_index.submit(**merge_io, api_visibility="private")
     gr.on(ctx.refresh_triggers, **merge_io, api_visibility="private")
