@@ -56,6 +56,7 @@ class ModelRegistry:
         self.startup_notice = ""
         self.device = torch.device(device)
         self.hub_download: HubDownload | None = None   # set while GPT-2 downloads in the background
+        self.hub_thread: threading.Thread | None = None
 
     def add(self, entry: ModelEntry, default: bool = False) -> ModelEntry:
         entry.model.to(self.device).eval()
@@ -127,9 +128,10 @@ class ModelRegistry:
                       f"Hugging Face Hub: {HUB_REPO}, downloaded into the local cache")
             return self.add(ModelEntry(HUB_NAME, model, f"{source} (OpenAI's GPT-2 124M)"))
 
-    def start_hub_download(self) -> threading.Thread:
+    def start_hub_download(self, progress=None) -> threading.Thread:
         """Cold start: fetch GPT-2 in a background thread while the page serves the other models; when it
-        is ready it becomes the default. Progress and failure are in ``self.hub_download``."""
+        is ready it becomes the default. Progress and failure are in ``self.hub_download``; ``progress``
+        (fraction, message) hears the outcome (the bytes go to the client's own progress bar)."""
         download = self.hub_download = HubDownload()
 
         def report(fraction, message):
@@ -147,8 +149,11 @@ class ModelRegistry:
                 download.state, download.error = "failed", str(e)
             except Exception as e:  # noqa: BLE001 - a thread's error would otherwise vanish unseen
                 download.state, download.error = "failed", f"{type(e).__name__}: {e}"
+            if progress:
+                progress(download.fraction, "GPT-2 is ready and is now the default model" if download.state == "ready"
+                         else f"GPT-2 could not be downloaded: {download.error}; serving {self.default}")
 
-        thread = threading.Thread(target=run, name="gpt2-download", daemon=True)
+        thread = self.hub_thread = threading.Thread(target=run, name="gpt2-download", daemon=True)
         thread.start()
         return thread
 
@@ -211,7 +216,7 @@ def build_registry(weights_arg: str | None = None, progress=None, device: torch.
                                 trained=False))
     if weights_arg in ("gpt2", HUB_REPO) or (weights_arg is None and os.environ.get("SPACE_ID")):
         if background_download and weights.cached_hf(HUB_REPO) is None:
-            registry.start_hub_download()
+            registry.start_hub_download(progress)
             return registry
         try:
             registry.default = registry.load_hub(progress).name

@@ -293,11 +293,11 @@ def test_cold_start_failure_keeps_the_bundled_model(monkeypatch, hf_cache, netwo
     from explorer.app import download_notice
     from explorer.session import HUB_NAME, build_registry
 
-    registry = build_registry("gpt2", background_download=True)   # the real client, offline: it fails
-    deadline = time.monotonic() + 60
-    while registry.hub_download.state == "downloading" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    said = []
+    registry = build_registry("gpt2", progress=lambda f, m: said.append(m), background_download=True)
+    registry.hub_thread.join(60)
     assert registry.hub_download.state == "failed" and registry.default != HUB_NAME
+    assert said == [f"GPT-2 could not be downloaded: {registry.hub_download.error}; serving {registry.default}"]
     assert download_notice(registry.hub_download).startswith("⚠️ **GPT-2 could not be downloaded:** the Hugging Face Hub")
 
 
