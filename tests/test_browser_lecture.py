@@ -223,3 +223,34 @@ def test_a_cold_start_shows_the_download_and_switches_to_gpt2(browser, fake_hub,
         pg.context.close()
     finally:
         demo.close()
+
+
+def test_every_drawn_figure_offers_the_slide_downloads(browser, app_url):
+    """Every tab's figures, once drawn, carry the configured modebar: a PNG at 2x named for the figure,
+    the SVG and the numbers buttons. (Train draws only after a training run: test_browser_train's job.)"""
+    from explorer.tabs import load_tabs
+
+    pg = open_page(browser, app_url)
+    checked = {}
+    for tab in load_tabs():
+        name = tab.__name__.rsplit(".", 1)[-1].removesuffix("_tab")
+        if name == "train":
+            continue
+        pg.get_by_role("tab", name=tab.TITLE).click()
+        run = pg.locator(f"#{name}-run")
+        if run.count():
+            run.first.click()
+        pg.locator(f"#tab-{name} .js-plotly-plot").first.wait_for(state="visible", timeout=60_000)
+        pg.wait_for_timeout(500)
+        configs = pg.evaluate(f"""() => [...document.querySelectorAll('#tab-{name} .js-plotly-plot')].map(gd => ({{
+            holder: gd.parentElement.closest('[id]').id, png: gd._context.toImageButtonOptions,
+            buttons: [...gd.querySelectorAll('.modebar-btn')].map(b => b.getAttribute('data-title'))}}))""")
+        for c in configs:
+            assert c["png"]["format"] == "png" and c["png"]["scale"] == 2, c
+            assert c["png"]["filename"].startswith(c["holder"].replace("-", "_")), c
+            assert {"Download plot as a PNG", "Download plot as SVG", "Download the numbers (JSON)"} <= set(c["buttons"]), c
+        checked[name] = len(configs)
+    print(f"\n[figures] modebar downloads configured on {sum(checked.values())} figures: {checked}")
+    assert len(checked) == len(load_tabs()) - 1 and all(checked.values())
+    assert not pg.errors, pg.errors
+    pg.context.close()
