@@ -58,10 +58,9 @@ ARTIFACTS = Path(__file__).parent / "artifacts"   # screenshots, to look at
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
-    """The app in Debian's headless chromium, driven by Playwright: one browser per test module, with the
-    page's JavaScript errors in ``page.errors``. Skipped without /usr/bin/chromium, except under CI (the
-    README's test command installs it)."""
+def browser():
+    """Debian's headless chromium, driven by Playwright, one per test module. Skipped without
+    /usr/bin/chromium, except under CI (the README's test command installs it)."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: the README's test command installs it")
@@ -70,15 +69,39 @@ def page(app_url):
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as p:
         # Playwright gives the browser a fresh temporary profile of its own.
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(app_url, wait_until="load")
-        pg.locator("#prompt").wait_for(timeout=30_000)
-        pg.errors = errors
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, app_url):
+    """The app in one page of the module's browser, with the page's JavaScript errors in ``page.errors``."""
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(app_url, wait_until="load")
+    pg.locator("#prompt").wait_for(timeout=30_000)
+    pg.errors = errors
+    yield pg
+    pg.close()
+
+
+@pytest.fixture
+def network_guard(monkeypatch):
+    """Refuse and record every connection that is not to loopback (connect, connect_ex, create_connection,
+    getaddrinfo)."""
+    import socket
+
+    from tests.reliability_util import guard_namespace
+
+    attempts: list[str] = []
+    guard = guard_namespace()["make_guard"](attempts.append)
+    monkeypatch.setattr(socket.socket, "connect", guard["connect"])
+    monkeypatch.setattr(socket.socket, "connect_ex", guard["connect_ex"])
+    monkeypatch.setattr(socket, "create_connection", guard["create_connection"])
+    monkeypatch.setattr(socket, "getaddrinfo", guard["getaddrinfo"])
+    return attempts
 
 
 def no_error_toast(page):

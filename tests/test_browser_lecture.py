@@ -8,31 +8,16 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from tests.conftest import ARTIFACTS, BROWSER_ARGS, CHROMIUM, no_error_toast, plot_json
+from tests.conftest import ARTIFACTS, no_error_toast, plot_json
 from tests.test_lecture import fake_hub, hf_cache  # noqa: F401 - fixtures: a temporary HF cache, a faked Hub
 
 pytestmark = pytest.mark.browser
 HEATMAP = "#attention-heatmap"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: the README's test command installs it")
-        pytest.skip(f"{CHROMIUM} not installed")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        yield b
-        b.close()
 
 
 def open_page(browser, url: str):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.reliability_util import free_port, guard_namespace, sitecustomize_source, wait_for_http
+from tests.reliability_util import free_port, sitecustomize_source, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "openai-community/gpt2"
@@ -57,18 +55,6 @@ def hf_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("SPACE_ID", raising=False)
     return cache
-
-
-@pytest.fixture
-def network_guard(monkeypatch):
-    """Refuse and record every connection that is not to loopback (as in test_offline.py)."""
-    attempts: list[str] = []
-    guard = guard_namespace()["make_guard"](attempts.append)
-    monkeypatch.setattr(socket.socket, "connect", guard["connect"])
-    monkeypatch.setattr(socket.socket, "connect_ex", guard["connect_ex"])
-    monkeypatch.setattr(socket, "create_connection", guard["create_connection"])
-    monkeypatch.setattr(socket, "getaddrinfo", guard["getaddrinfo"])
-    return attempts
 
 
 def offline_client(url: str, monkeypatch):

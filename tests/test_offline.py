@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability_util import (free_port, guard_namespace, make_client, message_problem,
+from tests.reliability_util import (free_port, make_client, message_problem,
                                     sitecustomize_source, visible_text, wait_for_http)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,17 +29,11 @@ OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "GRADIO_ANALYTICS_ENABL
 
 
 @pytest.fixture
-def network_guard(monkeypatch):
-    """Block and record every non-loopback connect / connect_ex / create_connection / getaddrinfo."""
-    attempts: list[str] = []
-    guard = guard_namespace()["make_guard"](attempts.append)
-    monkeypatch.setattr(socket.socket, "connect", guard["connect"])
-    monkeypatch.setattr(socket.socket, "connect_ex", guard["connect_ex"])
-    monkeypatch.setattr(socket, "create_connection", guard["create_connection"])
-    monkeypatch.setattr(socket, "getaddrinfo", guard["getaddrinfo"])
+def network_guard(network_guard, monkeypatch):
+    """conftest's guard, with the app offline by its own defaults, not by configuration."""
     for name in ("HF_HUB_OFFLINE", "SPACE_ID"):
         monkeypatch.delenv(name, raising=False)
-    return attempts
+    return network_guard
 
 
 def test_the_guard_blocks_and_records(network_guard):
