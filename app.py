@@ -52,15 +52,13 @@ def main() -> None:
 
     from explorer import build_app, build_registry
     from explorer.app import CSS
-    from explorer.session import resolve_device, serving_device
+    from explorer.session import resolve_device
     from gpt2core import native
 
     try:
-        device, device_notice = serving_device(resolve_device(args.device))
+        device = resolve_device(args.device)   # the models, the views and generation run there
     except ValueError as e:
         ap.error(str(e))                  # a plain message and exit status 2, before anything loads
-    if device_notice:
-        print(device_notice, flush=True)
 
     # The C kernels build on first use (about 2 s, then cached): build them while the model loads.
     threading.Thread(target=native.library, name="native-build", daemon=True).start()

@@ -170,21 +170,6 @@ def device_label(device: torch.device) -> str:
     return train_device_label(device)
 
 
-# The views are not yet device-aware: explorer/compute and gpt2core.lens/score make their tensors on the
-# CPU and read results with .numpy(), and no GPU has run them. Until they are, a CUDA device is refused
-# for serving (with a notice), so that `auto` on a GPU machine can't break every view.
-VIEWS_RUN_ON_CUDA = False
-
-
-def serving_device(device: torch.device) -> tuple[torch.device, str]:
-    """The device the app's models serve on for a resolved --device, and a notice when it differs."""
-    if device.type == "cuda" and not VIEWS_RUN_ON_CUDA:
-        return torch.device("cpu"), (f"--device: {device_label(device)} is available, but the views compute on the "
-                                     "CPU for now (their tensors are made on the CPU), so the app serves on the CPU. "
-                                     "Training uses the GPU: python -m gpt2core.train --device cuda.")
-    return device, ""
-
-
 def random_model(seed: int = 0) -> GPT2:
     torch.manual_seed(seed)
     return GPT2(get_config("tiny", n_layer=4, n_embd=128, n_ctx=256))

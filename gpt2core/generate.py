@@ -8,6 +8,7 @@ from typing import Iterator
 import torch
 
 from . import native
+from .devices import ids_on
 from .model import GPT2, KVCache
 from .sampling import check_settings, distribution, draw, filter_logits
 from .tokenizer import EOT_ID, token_bytes
@@ -47,8 +48,9 @@ def stream(model: GPT2, prompt_ids, max_new_tokens: int = 50, temperature: float
         raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
     ids = _as_ids(prompt_ids)
     n_ctx = model.config.n_ctx
-    # Per call: the random state belongs to this request alone (never the process-wide generator).
-    generator = torch.Generator().manual_seed(int(seed) if seed is not None else secrets.randbits(63))
+    # Per call: the random state belongs to this request alone (never the process-wide generator). It is a
+    # CPU generator whatever the model's device: sampling.draw draws on it, so a seed means the same everywhere.
+    generator = torch.Generator(device="cpu").manual_seed(int(seed) if seed is not None else secrets.randbits(63))
     param = next(model.parameters())
     cache = KVCache(model.config, 1, dtype=param.dtype, device=param.device) if use_cache else None
     decoder = native.Decoder(model, cache) if native.Decoder.supports(model, cache) else None
@@ -61,11 +63,11 @@ def stream(model: GPT2, prompt_ids, max_new_tokens: int = 50, temperature: float
                 if decoder is not None and len(ids) - fed == 1 and decoder.active():
                     logits = decoder.step(ids[-1])                                    # (V,)
                 else:
-                    new = torch.tensor([ids[fed:]], device=param.device)            # (1, T_new)
+                    new = torch.tensor([ids[fed:]], dtype=torch.long, device=param.device)   # (1, T_new)
                     logits = model(new, kv_cache=cache, last_only=True)[0, -1]        # (V,)
                 fed = len(ids)
             else:
-                window = torch.tensor([ids[-n_ctx:]], device=param.device)          # (1, T<=n_ctx)
+                window = torch.tensor([ids[-n_ctx:]], dtype=torch.long, device=param.device)   # (1, T<=n_ctx)
                 logits = model(window, last_only=True)[0, -1]                         # (V,)
             logits = logits.float()
             probs = torch.softmax(logits, -1)
@@ -93,5 +95,5 @@ def next_token_distribution(model: GPT2, prompt_ids, temperature: float = 1.0, t
     """
     ids = _as_ids(prompt_ids)[-model.config.n_ctx:]
     with torch.no_grad():
-        logits = model(torch.tensor([ids], device=next(model.parameters()).device), last_only=True)[0, -1]  # (V,)
+        logits = model(ids_on(model, [ids]), last_only=True)[0, -1]                      # (V,)
     return distribution(logits, temperature, top_k, top_p)

@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from .devices import ids_on
 from .model import GPT2
 
 LENS_ROWS = 256   # rows pushed through the unembedding at once: 256 x 50,257 floats is 51 MB
@@ -152,8 +153,9 @@ def attribute(model: GPT2, ids, target: int | None = None, contrast: int | None 
         logit = float(logits[p, target]) - (float(logits[p, contrast]) if contrast is not None else 0.0)
         return Attribution(position=p, target=int(target), contrast=None if contrast is None else int(contrast),
                            logit=logit, embed=read(cache["hook_embed"][p]), pos_embed=read(cache["hook_pos_embed"][p]),
-                           heads=torch.stack(heads), attn_bias=torch.tensor(attn_bias, dtype=torch.float64),
-                           mlp=torch.tensor(mlp, dtype=torch.float64),
+                           heads=torch.stack(heads),
+                           attn_bias=torch.tensor(attn_bias, dtype=torch.float64, device=W_U.device),
+                           mlp=torch.tensor(mlp, dtype=torch.float64, device=W_U.device),
                            ln_f_bias=float(model.ln_f.bias.double() @ direction), scale=scale)
 
 
@@ -213,7 +215,7 @@ def ablation_hooks(model: GPT2, ids, heads=(), mlps=(), mode: str = ZERO,
     all_heads = sorted({h for r_heads, _ in rows for h in r_heads})
     all_mlps = sorted({m for _, r_mlps in rows for m in r_mlps})
     if mode == MEAN and means is None:
-        means = _means(model, torch.as_tensor(ids), all_heads, all_mlps)
+        means = _means(model, ids_on(model, ids), all_heads, all_mlps)
     by_name: dict[str, list[tuple[int | None, int | None]]] = {}   # name -> (batch row or None, head or None)
     every = len(rows) == 1
     for b, (r_heads, r_mlps) in enumerate(rows):
@@ -250,13 +252,13 @@ def scan_heads(model: GPT2, ids, target: int, position: int = -1, mode: str = ZE
     the clean log-probability). The ablations run as batches of ``batch_size`` copies of the prompt,
     each copy losing its own head; the prompt is cut after ``position`` (later tokens can't matter)."""
     cfg = model.config
-    ids = torch.as_tensor(ids, dtype=torch.long)
+    ids = ids_on(model, ids)
     ids = ids[:position % len(ids) + 1]                                       # (T',)
     with torch.no_grad():
         clean = torch.log_softmax(model(ids[None], last_only=True)[0, -1], -1)[target]
     all_heads = [(l, h) for l in range(cfg.n_layer) for h in range(cfg.n_head)]
     means = _means(model, ids, all_heads, []) if mode == MEAN else None
-    deltas = torch.empty(len(all_heads), dtype=torch.float64)
+    deltas = torch.empty(len(all_heads), dtype=torch.float64, device=ids.device)
     for start in range(0, len(all_heads), batch_size):
         chunk = all_heads[start:start + batch_size]
         hooks = ablation_hooks(model, ids, mode=mode, rows=[([h], []) for h in chunk], means=means)

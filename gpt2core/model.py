@@ -337,13 +337,14 @@ class GPT2(nn.Module):
     def run_with_cache(self, idx, names=None, hooks=None, last_only: bool = False) -> tuple[torch.Tensor, ActivationCache]:
         """Forward pass that also returns the activations named by ``names`` (None: all).
 
-        ``idx`` is a sequence of ids (T,) or a batch (B, T). For a single sequence the batch
-        axis is removed from the logits and every cached tensor, e.g. a pattern is (nh, T, S).
+        ``idx`` is a sequence of ids (T,) or a batch (B, T), on any device (it is moved to the model's).
+        For a single sequence the batch axis is removed from the logits and every cached tensor,
+        e.g. a pattern is (nh, T, S).
         ``hooks`` maps hook names to functions (tensor, name) -> tensor|None that may edit it.
         ``last_only``: logits for the last position only (every hook still sees every position);
         a view that draws no logits skips most of the head's work this way.
         """
-        idx = torch.as_tensor(idx, dtype=torch.long)
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.wte.weight.device)   # ids from anywhere
         single = idx.dim() == 1
         if single:
             idx = idx.unsqueeze(0)

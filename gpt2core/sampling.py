@@ -91,6 +91,11 @@ def draw(logits: torch.Tensor, filtered_probs: torch.Tensor | None, temperature:
     if temperature < GREEDY_TEMPERATURE:
         return logits.argmax(-1)
     flat = filtered_probs.reshape(-1, filtered_probs.size(-1))
+    if generator is not None and generator.device != flat.device:
+        # A generator draws on its own device: a request's CPU generator samples a GPU model's
+        # probabilities on the CPU (the same seed gives the same draws on either device).
+        return torch.multinomial(flat.to(generator.device), 1, generator=generator).to(flat.device).reshape(
+            filtered_probs.shape[:-1])
     return torch.multinomial(flat, 1, generator=generator).reshape(filtered_probs.shape[:-1])
 
 

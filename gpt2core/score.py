@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .devices import ids_on
 from .model import GPT2
 
 
@@ -74,19 +75,19 @@ def score_tokens(model: GPT2, ids, window: int | None = None, stride: int | None
     logprobs, ranks, top_ids, top_lp = [], [], [], []
     with torch.no_grad():
         for start, end, first in spans:
-            logits = model(torch.tensor([ids[start:end]], dtype=torch.long))[0].float()
+            logits = model(ids_on(model, [ids[start:end]]))[0].float()
             # The prediction for position j is made at position j - 1. log_softmax = logit - logsumexp,
             # taken only where needed: ranks and the top k need no normalising at all.
             pred = logits[first - 1 - start:end - 1 - start]
             lse = torch.logsumexp(pred, dim=-1, keepdim=True)
-            target = torch.tensor(ids[first:end], dtype=torch.long)
+            target = ids_on(model, ids[first:end])
             actual = pred.gather(1, target[:, None])
             logprobs.append((actual - lse)[:, 0])
             ranks.append((pred > actual).sum(dim=1) + 1)
             top, ix = pred.topk(min(top_k, pred.shape[-1]), dim=-1)
             top_ids.append(ix)
             top_lp.append(top - lse)
-    return TokenScores(text_ids, 0 if start_token is not None else 1, torch.cat(logprobs).numpy(),
-                       torch.cat(ranks).numpy(),
-                       torch.cat(top_ids).numpy(), torch.cat(top_lp).numpy(),
+    host = lambda parts: torch.cat(parts).cpu().numpy()                     # noqa: E731 - from the model's device
+    return TokenScores(text_ids, 0 if start_token is not None else 1, host(logprobs), host(ranks),
+                       host(top_ids), host(top_lp),
                        window, stride if len(spans) > 1 else window, len(spans))

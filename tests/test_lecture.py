@@ -299,18 +299,23 @@ def test_device_auto_falls_back_to_the_cpu(monkeypatch):
     assert next(registry.get(None).model.parameters()).device == device
 
 
-def test_a_cuda_device_serves_on_the_cpu_with_a_notice_until_the_views_run_there(monkeypatch):
+def test_a_cuda_device_serves_on_cuda_and_the_status_line_names_it(monkeypatch):
+    """The views run on the model's device (tests/test_device.py), so CUDA serves on CUDA: no CPU fallback."""
+    from types import SimpleNamespace
+
     from explorer import session
+    from explorer.app import model_status
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)       # a GPU machine, as far as --device knows
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     for asked in ("auto", "cuda"):
-        resolved = session.resolve_device(asked)
-        assert resolved.type == "cuda"
-        device, notice = session.serving_device(resolved)
-        assert device == torch.device("cpu")
-        assert notice.startswith("--device: cuda (NVIDIA H200) is available, but the views compute on the CPU")
-    assert session.serving_device(torch.device("cpu")) == (torch.device("cpu"), "")
+        assert session.resolve_device(asked) == torch.device("cuda")
+    assert not hasattr(session, "serving_device")
+    on_cuda = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device("cuda"))]),
+                              num_params=lambda: 124_439_808)
+    text, _ = model_status(SimpleNamespace(name="gpt2", model=on_cuda, source="the cache", trained=True))
+    assert "on cuda (NVIDIA H200)" in text
+    assert session.resolve_device("cpu") == torch.device("cpu")
 
 
 def test_device_cuda_without_one_stops_the_app_with_a_plain_error():

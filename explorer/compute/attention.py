@@ -11,6 +11,8 @@ import numpy as np
 
 from gpt2core import GPT2
 
+from . import to_numpy
+
 PATTERN_HOOK = "blocks.{}.attn.hook_pattern"
 SCORES_HOOK = "blocks.{}.attn.hook_attn_scores"
 
@@ -34,10 +36,10 @@ def attention_run(model: GPT2, ids: list[int], scores_layer: int | None = None) 
     if scores_layer is not None:
         names.append(SCORES_HOOK.format(scores_layer))
     _, cache = model.run_with_cache(list(ids), names=names, last_only=True)   # the view draws no logits
-    patterns = cache.stack(PATTERN_HOOK, n_layer).float().numpy()
+    patterns = to_numpy(cache.stack(PATTERN_HOOK, n_layer).float())
     scores = None
     if scores_layer is not None:
-        scores = cache[SCORES_HOOK.format(scores_layer)].float().numpy().copy()
+        scores = to_numpy(cache[SCORES_HOOK.format(scores_layer)].float()).copy()
         scores[~np.isfinite(scores)] = np.nan      # -inf (masked) -> NaN, drawn as a gap
     return AttentionRun(patterns, scores, scores_layer)
 

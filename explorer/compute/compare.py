@@ -14,6 +14,7 @@ import torch
 from gpt2core import GPT2
 from gpt2core.tokenizer import TokenInfo, breakdown, printable, token_bytes
 
+from . import device_of, to_numpy
 from ..inputs import InputError, Prompt, check_number
 
 PATTERN_HOOK = "blocks.{}.attn.hook_pattern"
@@ -54,8 +55,8 @@ def _infos(prompt: Prompt) -> list[TokenInfo]:
 def _forward(model: GPT2, ids, layer: int, head: int) -> tuple[np.ndarray, np.ndarray]:
     """ids (T,) or (B, T) -> next-token distributions (..., V) and the head's patterns (..., T, T)."""
     logits, cache = model.run_with_cache(ids, names=[PATTERN_HOOK.format(layer)], last_only=True)
-    probs = torch.softmax(logits[..., -1, :].double(), dim=-1).numpy()
-    return probs, cache[PATTERN_HOOK.format(layer)][..., head, :, :].float().numpy()
+    probs = to_numpy(torch.softmax(logits[..., -1, :].double(), dim=-1))
+    return probs, to_numpy(cache[PATTERN_HOOK.format(layer)][..., head, :, :].float())
 
 
 def run_side(name: str, model_name: str, model: GPT2, prompt: Prompt, layer: int, head: int) -> Side:
@@ -167,7 +168,7 @@ class UntrainedTwin:
     """A random-weight model with the default model's shape, made on first use and shared read-only."""
 
     def __init__(self, template: GPT2, seed: int = 0):
-        self._config, self._seed = template.config, seed
+        self._config, self._seed, self._device = template.config, seed, device_of(template)
         self._model: GPT2 | None = None
         self._lock = threading.Lock()
 
@@ -176,7 +177,7 @@ class UntrainedTwin:
             if self._model is None:
                 generator_state = torch.random.get_rng_state()
                 torch.manual_seed(self._seed)
-                model = GPT2(self._config).eval()
+                model = GPT2(self._config).to(self._device).eval()   # where the default model is
                 torch.random.set_rng_state(generator_state)   # leave the process's generator as it was
                 for p in model.parameters():
                     p.requires_grad_(False)

@@ -16,6 +16,7 @@ import torch
 from gpt2core import GPT2, tokenizer
 from gpt2core.trace import token_text
 
+from . import to_numpy
 from ..inputs import InputError
 
 N_NEIGHBOURS = 10
@@ -78,7 +79,7 @@ def nearest_tokens(model: GPT2, token_id: int, n: int = N_NEIGHBOURS) -> Neighbo
     cos[token_id] = -math.inf                                                     # not itself
     top = cos.topk(n)
     ids = top.indices.tolist()
-    return Neighbours(token_id, ids, [token_text(i) for i in ids], top.values.double().numpy())
+    return Neighbours(token_id, ids, [token_text(i) for i in ids], to_numpy(top.values.double()))
 
 
 def parse_words(words) -> list[int]:
@@ -140,7 +141,7 @@ def token_projection(model: GPT2, ids: list[int]) -> Projection:
     if len(ids) < 2:
         raise InputError("A projection needs at least 2 different tokens; this prompt has "
                          f"{len(ids)}. Type a longer prompt or use the word list.")
-    coords, explained = pca_2d(model.wte.weight[ids].double().numpy())
+    coords, explained = pca_2d(to_numpy(model.wte.weight[ids].double()))
     return Projection(coords, explained, ids, [token_text(i) for i in ids])
 
 
@@ -169,17 +170,17 @@ def position_view(wpe: torch.Tensor, max_cells: int = POSITION_CELLS) -> Positio
         w = wpe.double()                                                          # (P, d)
         norms = w.norm(dim=1)                                                     # (P,)
         unit = w / norms.clamp_min(1e-12)[:, None]                                # (P, d)
-        sim = (unit @ unit.T).numpy()                                             # (P, P)
+        sim = to_numpy(unit @ unit.T)                                             # (P, P)
     pooled, step = pool_square(sim, max_cells)
-    return Positions(pooled, step, norms.numpy())
+    return Positions(pooled, step, to_numpy(norms))
 
 
 @functools.lru_cache(maxsize=4)
 def untrained_wpe(n_ctx: int, n_embd: int, seed: int = 0) -> torch.Tensor:
     """(P, d) a position table as GPT2.init_weights makes it (normal, std 0.02) before any training.
     Cached per shape and never written to, so every request reads the same one."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n_ctx, n_embd, generator=g) * 0.02
+    g = torch.Generator(device="cpu").manual_seed(seed)           # a reference table: made on the CPU
+    return torch.randn(n_ctx, n_embd, generator=g, device="cpu") * 0.02
 
 
 def neighbour_markdown(nb: Neighbours) -> str:

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from gpt2core import GPT2
 from gpt2core.model import gelu
 
+from . import to_numpy
+
 X_RANGE = (-4.0, 4.0)
 N_POINTS = 321            # curve samples: a step of 0.025
 NEAR_ZERO = 0.01          # an output with |out| below this counts as "near zero"
@@ -35,14 +37,14 @@ class Curves:
 def gelu_curves(lo: float = X_RANGE[0], hi: float = X_RANGE[1], n: int = N_POINTS) -> Curves:
     with torch.enable_grad():
         grid = np.round(np.linspace(lo, hi, n), 10)   # rounded so the middle point is exactly 0
-        x = torch.tensor(grid, dtype=torch.float64, requires_grad=True)
+        x = torch.tensor(grid, dtype=torch.float64, device="cpu", requires_grad=True)   # no model: the CPU
         y = gelu(x)
         (grad,) = torch.autograd.grad(y.sum(), x)
     x, y = x.detach(), y.detach()
     exact = F.gelu(x)  # approximate="none": x * Phi(x) via erf
     low = int(torch.argmin(y))
-    return Curves(x=x.numpy(), gelu=y.numpy(), gelu_grad=grad.numpy(), relu=x.clamp(min=0).numpy(),
-                  relu_grad=(x > 0).double().numpy(), gelu_exact=exact.numpy(),
+    return Curves(x=to_numpy(x), gelu=to_numpy(y), gelu_grad=to_numpy(grad), relu=to_numpy(x.clamp(min=0)),
+                  relu_grad=to_numpy((x > 0).double()), gelu_exact=to_numpy(exact),
                   max_diff_exact=float((y - exact).abs().max()), min_gelu=float(y[low]),
                   argmin_gelu=float(x[low]))
 
@@ -106,8 +108,8 @@ def gelu_stats(model: GPT2, ids: list[int], threshold: float = NEAR_ZERO, n_bins
     n_layer = model.config.n_layer
     _, cache = model.run_with_cache(list(ids), names=["blocks.*.mlp.hook_pre", "blocks.*.mlp.hook_post"],
                                     last_only=True)   # the view draws no logits
-    pre = cache.stack("blocks.{}.mlp.hook_pre", n_layer).numpy()     # (L, T, 4d)
-    post = cache.stack("blocks.{}.mlp.hook_post", n_layer).numpy()   # (L, T, 4d)
+    pre = to_numpy(cache.stack("blocks.{}.mlp.hook_pre", n_layer))     # (L, T, 4d)
+    post = to_numpy(cache.stack("blocks.{}.mlp.hook_post", n_layer))   # (L, T, 4d)
     edges = histogram_edges(pre, n_bins)
     pre_hist = [clipped_histogram(pre[i].ravel(), edges) for i in range(n_layer)]
     post_hist = [clipped_histogram(post[i].ravel(), edges) for i in range(n_layer)]

@@ -9,6 +9,8 @@ import torch
 
 from gpt2core import GPT2
 
+from . import to_numpy
+
 STAT_HOOKS = ["*hook_in_mean", "*hook_in_var", "*hook_out_mean", "*hook_out_var"]
 
 
@@ -44,10 +46,10 @@ def layernorm_stats(model: GPT2, ids: list[int]) -> LayerNormStats:
     lns = layernorm_names(n_layer)
 
     def rows(hook: str) -> np.ndarray:
-        return torch.stack([cache[f"{path}.{hook}"] for _, path in lns]).double().numpy()
+        return to_numpy(torch.stack([cache[f"{path}.{hook}"] for _, path in lns]).double())
 
     resid = [cache["blocks.0.hook_resid_pre"]] + [cache[f"blocks.{i}.hook_resid_post"] for i in range(n_layer)]
-    resid_norm = torch.stack([r.double().norm(dim=-1) for r in resid]).numpy()
+    resid_norm = to_numpy(torch.stack([r.double().norm(dim=-1) for r in resid]))
     return LayerNormStats(
         labels=[label for label, _ in lns],
         in_mean=rows("hook_in_mean"), in_std=np.sqrt(np.clip(rows("hook_in_var"), 0, None)),

@@ -10,6 +10,8 @@ from gpt2core import GPT2
 from gpt2core import sampling
 from gpt2core.tokenizer import printable, token_bytes
 
+from . import ids_on, to_numpy
+
 KEPT, CUT_GREEDY, CUT_TOP_K, CUT_TOP_P = "kept", "cut by temperature 0", "cut by top-k", "cut by top-p"
 STATUSES = (KEPT, CUT_TOP_K, CUT_TOP_P, CUT_GREEDY)
 
@@ -18,8 +20,8 @@ def next_token_logits(model: GPT2, ids: list[int]) -> np.ndarray:
     """The logits (V,) for the token after ``ids``, as float32 numpy (the last n_ctx tokens are used)."""
     ids = list(ids)[-model.config.n_ctx:]
     with torch.no_grad():
-        logits = model(torch.tensor([ids], dtype=torch.long), last_only=True)[0, -1]
-    return logits.float().numpy()
+        logits = model(ids_on(model, [ids]), last_only=True)[0, -1]
+    return to_numpy(logits.float())
 
 
 def model_fingerprint(model: GPT2) -> tuple:
@@ -61,10 +63,11 @@ class SamplingView:
 def sampling_view(logits, temperature: float, top_k: int, top_p: float, n_top: int = 20) -> SamplingView:
     """Temperature -> top-k -> top-p on one logits vector; top-k 0 and top-p 1 mean "off"."""
     k, p = _settings(top_k, top_p)
-    dist = sampling.distribution(torch.as_tensor(np.asarray(logits, dtype=np.float32)), float(temperature), k, p)
-    base, tempered = dist.base.numpy(), dist.tempered.numpy()
-    after_k, final = dist.after_top_k.numpy(), dist.final.numpy()
-    cut_k, cut_p = dist.cut_by_top_k.numpy(), dist.cut_by_top_p.numpy()
+    host_logits = torch.as_tensor(np.asarray(logits, dtype=np.float32), device="cpu")   # numpy in: the CPU
+    dist = sampling.distribution(host_logits, float(temperature), k, p)
+    base, tempered = to_numpy(dist.base), to_numpy(dist.tempered)
+    after_k, final = to_numpy(dist.after_top_k), to_numpy(dist.final)
+    cut_k, cut_p = to_numpy(dist.cut_by_top_k), to_numpy(dist.cut_by_top_p)
     logits_np = np.asarray(logits, dtype=np.float32)
     greedy = float(temperature) < sampling.GREEDY_TEMPERATURE
     greedy_cut = (logits_np != logits_np.max()) if greedy else np.zeros(base.shape, dtype=bool)
@@ -90,16 +93,17 @@ def sampling_view(logits, temperature: float, top_k: int, top_p: float, n_top: i
 def final_distribution(logits, temperature: float, top_k: int, top_p: float) -> np.ndarray:
     """The distribution sampling draws from (V,), float64."""
     k, p = _settings(top_k, top_p)
-    dist = sampling.distribution(torch.as_tensor(np.asarray(logits, dtype=np.float32)), float(temperature), k, p)
-    return dist.final.double().numpy()
+    host_logits = torch.as_tensor(np.asarray(logits, dtype=np.float32), device="cpu")   # numpy in: the CPU
+    dist = sampling.distribution(host_logits, float(temperature), k, p)
+    return to_numpy(dist.final.double())
 
 
 def draw_counts(final_probs: np.ndarray, n_draws: int, seed: int) -> np.ndarray:
     """How often each token came up in ``n_draws`` draws (V,), with a generator seeded for this request only."""
-    generator = torch.Generator().manual_seed(int(seed))
-    probs = torch.as_tensor(np.asarray(final_probs, dtype=np.float64))
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    probs = torch.as_tensor(np.asarray(final_probs, dtype=np.float64), device="cpu")   # the generator's device
     draws = torch.multinomial(probs, int(n_draws), replacement=True, generator=generator)
-    return np.bincount(draws.numpy(), minlength=probs.numel())
+    return np.bincount(to_numpy(draws), minlength=probs.numel())
 
 
 def total_variation(p: np.ndarray, q: np.ndarray) -> float:

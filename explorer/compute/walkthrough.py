@@ -14,6 +14,8 @@ import numpy as np
 from gpt2core import GPT2
 from gpt2core.trace import Step, Trace, format_log, token_text, trace
 
+from . import to_numpy
+
 LOG_DIR = Path(tempfile.gettempdir()) / "gpt2-explorer-traces"
 LOG_FILES_KEPT = 200          # older trace logs are deleted: one small file per distinct request
 HISTOGRAM_BINS = 40
@@ -85,7 +87,7 @@ class Picture:
 
 
 def picture(step: Step, tokens: list[str]) -> Picture:
-    v = step.vector.float().numpy()
+    v = to_numpy(step.vector.float())
     if step.key == "final.logits":
         counts, edges = np.histogram(v, bins=HISTOGRAM_BINS)
         return Picture("histogram", counts, edges=edges)

@@ -10,6 +10,7 @@ import torch
 
 from gpt2core import GPT2, lens, tokenizer
 
+from . import ids_on, to_numpy
 from ..inputs import InputError, check_number
 
 _ID = re.compile(r"^#(\d+)$")
@@ -87,19 +88,20 @@ def _first_stage(ranks: np.ndarray, within: int) -> int | None:
 def lens_view(model: GPT2, ids: list[int], position: int, target: int | None) -> LensView:
     result = lens.logit_lens(model, ids, k=5, track=[target] if target is not None else [])
     S, T, _ = result.top_ids.shape
-    top_ids, top_probs = result.top_ids.numpy(), result.top_probs.numpy()
-    ranks = result.final_ranks.numpy()
+    top_ids, top_probs = to_numpy(result.top_ids), to_numpy(result.top_probs)
+    ranks = to_numpy(result.final_ranks)
     names = {int(i): token_text(int(i)) for i in np.unique(top_ids)}
     top_text = [[names[int(top_ids[s, t, 0])] for t in range(T)] for s in range(S)]
     hover = [["<br>".join(f"{names[int(i)]}  {p:.1%}" for i, p in zip(top_ids[s, t], top_probs[s, t]))
               + f"<br>model's final pick {token_text(int(result.final_ids[t]))}: rank {int(ranks[s, t]):,}"
               for t in range(T)] for s in range(S)]
     final = int(result.final_ids[position])
-    series = {f"final prediction {token_text(final)}": (result.final_probs[:, position].numpy(),
+    series = {f"final prediction {token_text(final)}": (to_numpy(result.final_probs[:, position]),
                                                          ranks[:, position])}
     if target is not None and target != final:
         t_ranks, t_probs = result.tracked[target]
-        series[f"target {token_text(target)}"] = (t_probs[:, position].numpy(), t_ranks[:, position].numpy())
+        series[f"target {token_text(target)}"] = (to_numpy(t_probs[:, position]),
+                                                   to_numpy(t_ranks[:, position]))
     stages = result.stages
     first_top = _first_stage(ranks[:, position], 1)
     first_top5 = _first_stage(ranks[:, position], 5)
@@ -109,7 +111,7 @@ def lens_view(model: GPT2, ids: list[int], position: int, target: int | None) ->
         words.append(f"The lens puts it on top from stage **{stages[first_top]}** on"
                      + (f" (in the top 5 from {stages[first_top5]})." if first_top5 != first_top else "."))
     if target is not None and target != final:
-        t_ranks = result.tracked[target][0][:, position].numpy()
+        t_ranks = to_numpy(result.tracked[target][0][:, position])
         words.append(f"Your target {quoted(target)} ends at rank {int(t_ranks[-1]):,} "
                      f"(best: rank {int(t_ranks.min()):,}, at {stages[int(t_ranks.argmin())]}).")
     n_settled = int((ranks[:, :] == 1).all(axis=0).sum())
@@ -150,21 +152,21 @@ def attribution_view(model: GPT2, ids: list[int], position: int, target: int | N
                          "the default target: give a target, or another contrast.")
     what = (f"logit({token_text(a.target)}) − logit({token_text(contrast)})" if contrast is not None
             else f"logit({token_text(a.target)})")
-    heads = a.heads.numpy()
+    heads = to_numpy(a.heads)
     order = np.argsort(heads, axis=None)
     L, nh = heads.shape
     name = lambda i: f"{i // nh}.{i % nh}"                                      # noqa: E731
     pushers = ", ".join(f"{name(i)} ({_signed(heads.flat[i])})" for i in order[::-1][:3] if heads.flat[i] > 0)
     pullers = ", ".join(f"{name(i)} ({_signed(heads.flat[i])})" for i in order[:3] if heads.flat[i] < 0)
-    mlp = a.mlp.numpy()
+    mlp = to_numpy(a.mlp)
     big_mlp = int(np.abs(mlp).argmax())
     summary = (f"At position {a.position} ({quoted(ids[a.position])}): {what} = **{a.logit:.3f}**. The parts add up to "
                f"{a.total():.3f} (token embedding {_signed(a.embed)}, position embedding {_signed(a.pos_embed)}, "
                f"ln_f bias {_signed(a.ln_f_bias)}, ln_f's scale held at {a.scale:.3f}). "
                f"Heads that push it up most (layer.head): {pushers or 'none'}; pull it down most: {pullers or 'none'}. "
                f"The largest MLP part is layer {big_mlp}'s, {_signed(mlp[big_mlp])}.")
-    return AttributionView(heads=heads, attn=a.attn.numpy(), attn_bias=a.attn_bias.numpy(), mlp=mlp, embed=a.embed,
-                           pos_embed=a.pos_embed, ln_f_bias=a.ln_f_bias, logit=a.logit, total=a.total(),
+    return AttributionView(heads=heads, attn=to_numpy(a.attn), attn_bias=to_numpy(a.attn_bias), mlp=mlp,
+                           embed=a.embed, pos_embed=a.pos_embed, ln_f_bias=a.ln_f_bias, logit=a.logit, total=a.total(),
                            title=f"{what} at position {a.position}", summary=summary)
 
 
@@ -200,7 +202,7 @@ def ablation_view(model: GPT2, ids: list[int], position: int, target: int | None
         raise InputError("Nothing to knock out: give at least one head (as layer.head, e.g. 0.1) or MLP layer.")
     prefix = ids[:position + 1]          # later tokens can't change the prediction at ``position``
     with torch.no_grad():
-        before_logits = model(torch.tensor([prefix]), last_only=True)[0, -1]
+        before_logits = model(ids_on(model, [prefix]), last_only=True)[0, -1]
     after_logits = lens.run_ablated(model, prefix, heads=heads, mlps=mlps, mode=mode)[-1]
     before, after = torch.softmax(before_logits.double(), -1), torch.softmax(after_logits.double(), -1)
     if target is None:
@@ -217,8 +219,8 @@ def ablation_view(model: GPT2, ids: list[int], position: int, target: int | None
                f"{dl:+.3f}, log-probability {float(torch.log(after[target]) - torch.log(before[target])):+.3f}). "
                + (f"The top prediction changes to {quoted(new_top)}." if new_top != int(before.argmax())
                   else "The top prediction stays the same."))
-    return AblationView(ids=shown, tokens=[token_text(i) for i in shown], before=before[shown].numpy(),
-                        after=after[shown].numpy(), summary=summary)
+    return AblationView(ids=shown, tokens=[token_text(i) for i in shown], before=to_numpy(before[shown]),
+                        after=to_numpy(after[shown]), summary=summary)
 
 
 @dataclass
@@ -232,9 +234,9 @@ class ScanView:
 def scan_view(model: GPT2, ids: list[int], position: int, target: int | None, mode: str, progress=None) -> ScanView:
     if target is None:
         with torch.no_grad():
-            target = int(model(torch.tensor([ids[:position + 1]]), last_only=True)[0, -1].argmax())
+            target = int(model(ids_on(model, [ids[:position + 1]]), last_only=True)[0, -1].argmax())
     deltas, clean = lens.scan_heads(model, ids, target, position=position, mode=mode, progress=progress)
-    d = deltas.numpy()
+    d = to_numpy(deltas)
     nh = d.shape[1]
     worst = np.argsort(d, axis=None)[:3]
     named = ", ".join(f"{i // nh}.{i % nh} ({d.flat[i]:+.2f})" for i in worst)
