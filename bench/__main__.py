@@ -279,6 +279,8 @@ ENDPOINT_TOKENS = 64
 # Long-running by design (bounded elsewhere), so reported per unit, not held to the 300 ms target.
 STREAMING = {"/generate": "n_new", "/train": "n_steps", "/train_instruct": "n_steps"}
 STREAM_UNITS = {"/generate": 20, "/train": 10, "/train_instruct": 10}
+# Long by design, with a progress bar, and held to a target of their own elsewhere.
+LONG = {"/why_scan": "144 ablations for GPT-2 124M; its target, 10 s at 16 tokens, is `bench why`'s"}
 
 
 # Values an endpoint needs where its control's default would be refused (an empty ablation set).
@@ -354,7 +356,9 @@ def bench_endpoints(runs: int, model: str = "bundled") -> list[str]:
             per = (f" ({ms / STREAM_UNITS[name]:.0f} ms per {'token' if name == '/generate' else 'step'}, "
                    f"{STREAM_UNITS[name]} {'tokens' if name == '/generate' else 'steps'}; streamed, "
                    f"so not held to the 300 ms target)") if unit else ""
-            verdict = "" if unit else ("  [ok]" if ms <= 300 and size <= 2**20 else "  [over target]")
+            if name in LONG:
+                per = f" ({LONG[name]}; not held to the 300 ms target)"
+            verdict = "" if unit or name in LONG else ("  [ok]" if ms <= 300 and size <= 2**20 else "  [over target]")
             lines.append(f"  {name}: {ms:.0f} ms server time{per}, payload {size / 1024:.1f} KiB{verdict}")
         return lines
     finally:

@@ -239,10 +239,11 @@ def ablation_hooks(model: GPT2, ids, heads=(), mlps=(), mode: str = ZERO,
     return {name: make(name, targets) for name, targets in by_name.items()}
 
 
-def run_ablated(model: GPT2, ids, heads=(), mlps=(), mode: str = ZERO) -> torch.Tensor:
-    """Logits (T, V) of ``ids`` (T,) with ``heads`` [(layer, head)] and ``mlps`` [layer] knocked out."""
+def run_ablated(model: GPT2, ids, heads=(), mlps=(), mode: str = ZERO, last_only: bool = False) -> torch.Tensor:
+    """Logits (T, V) of ``ids`` (T,) with ``heads`` [(layer, head)] and ``mlps`` [layer] knocked out;
+    with ``last_only`` (1, V), for the last position alone."""
     hooks = ablation_hooks(model, ids, heads, mlps, mode)
-    logits, _ = model.run_with_cache(ids, names=[], hooks=hooks)
+    logits, _ = model.run_with_cache(ids, names=[], hooks=hooks, last_only=last_only)
     return logits
 
 

@@ -232,3 +232,10 @@ def test_parse_heads_and_layers():
     with pytest.raises(AblationError, match="ablation must be"):
         ablation_hooks(None, [1, 2], heads=[(0, 0)], mode="half")
 
+
+
+def test_ablated_last_position_alone(tiny, ids):
+    full = run_ablated(tiny, ids, heads=[(1, 2)], mlps=[0])
+    last = run_ablated(tiny, ids, heads=[(1, 2)], mlps=[0], last_only=True)
+    assert last.shape == (1, full.shape[-1])
+    torch.testing.assert_close(last, full[-1:], atol=1e-5, rtol=1e-5)
