@@ -257,7 +257,8 @@ def bench_why(pair: Pair, runs: int, lens_len: int = 64, scan_len: int = 16) -> 
     t = interleaved({"hf": hf, "lens": lambda: logit_lens(model, ids), "attribution": lambda: attribute(model, ids)},
                     runs)
     lines = [f"why, GPT-2 124M, {lens_len} tokens: logit lens {t['lens'] * 1e3:.0f} ms ({t['lens'] / t['hf']:.2f}x HF's "
-             f"forward with hidden states, {t['hf'] * 1e3:.0f} ms; the lens unembeds {1 + 2 * cfg.n_layer} stages), "
+             f"forward with hidden states, {t['hf'] * 1e3:.0f} ms; the lens unembeds {2 * cfg.n_layer} stages and reads "
+             f"the last from the forward), "
              f"attribution {t['attribution'] * 1e3:.0f} ms ({t['attribution'] / t['hf']:.2f}x)"]
     short = ids[:scan_len]
     target = int(short[-1])
