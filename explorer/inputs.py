@@ -99,3 +99,10 @@ def check_number(value, name: str, lo: float | None, hi: float | None, integer: 
                    else f"at least {fmt_number(lo)}" if lo is not None else f"at most {fmt_number(hi)}")
         raise InputError(f"{name} must be {allowed}, got {fmt_number(value)}.")
     return value
+
+
+def check_position(value, T: int, name: str = "Position") -> int:
+    """A prompt position in 0..T-1; -1 (or nothing) means the last token. ``name`` names the control."""
+    if value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and value == -1):
+        return T - 1
+    return check_number(value, f"{name} (this prompt has {T} tokens; -1 = last)", 0, T - 1, integer=True)

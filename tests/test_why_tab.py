@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.compute.why import (ablation_view, attribution_view, check_position, lens_view, parse_parts,
+from explorer.compute.why import (ablation_view, attribution_view, lens_view, parse_parts,
                                   parse_token, scan_view, token_text)
 from explorer.figures.why import before_after_bars, head_heatmap, layer_bars, lens_heatmap, lens_lines
-from explorer.inputs import InputError, prepare_prompt
+from explorer.inputs import InputError, check_position, prepare_prompt
 from explorer.tabs.why_tab import EXAMPLES
 from gpt2core import GPT2, encode, get_config
 from gpt2core.lens import attribute, logit_lens, run_ablated

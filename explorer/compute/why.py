@@ -11,7 +11,7 @@ import torch
 from gpt2core import GPT2, lens, tokenizer
 
 from . import ids_on, to_numpy
-from ..inputs import InputError, check_number
+from ..inputs import InputError
 
 _ID = re.compile(r"^#(\d+)$")
 
@@ -54,13 +54,6 @@ def parse_token(text, what: str, vocab_size: int) -> Token:
     pieces = " | ".join(token_text(i) for i in ids)
     return Token(ids[0], f"The {what} {text!r} is {len(ids)} tokens ({pieces}); the first, "
                          f"{quoted(ids[0])}, is used. A leading space is part of a token: ' Paris' is not 'Paris'.")
-
-
-def check_position(position, T: int) -> int:
-    """A prompt position in 0..T-1; -1 (or nothing) means the last token."""
-    if position is None or (not isinstance(position, bool) and isinstance(position, (int, float)) and position == -1):
-        return T - 1
-    return check_number(position, f"Position (this prompt has {T} tokens; -1 = last)", 0, T - 1, integer=True)
 
 
 # ---- logit lens --------------------------------------------------------------------------------------

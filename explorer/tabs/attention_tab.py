@@ -8,7 +8,7 @@ from ..compute.attention import attention_run, head_average, pool_patterns, quer
 from ..context import AppContext
 from ..errors import handle
 from ..figures.attention import GRID_MAX_CELLS, attention_heatmap, head_grid, query_heads
-from ..inputs import MAX_VIEW_TOKENS, InputError, Prompt, check_number, prepare_prompt
+from ..inputs import MAX_VIEW_TOKENS, InputError, Prompt, check_number, check_position, prepare_prompt
 
 TITLE = "Attention"
 EXPLANATION = """
@@ -44,14 +44,6 @@ def _as_flag(value, name: str) -> bool:
 
 def _prompt(text, model) -> Prompt:
     return prepare_prompt(text, max_tokens=min(MAX_VIEW_TOKENS, model.config.n_ctx))
-
-
-def _check_query(query, T: int) -> int:
-    """A query position in 0..T-1; -1 (or empty) means the last token."""
-    if query is None or (not isinstance(query, bool) and isinstance(query, (int, float)) and query == -1):
-        return T - 1
-    return check_number(query, f"Query position (this prompt has {T} tokens; -1 = last)", 0, T - 1,
-                        integer=True)
 
 
 def _summary(prompt: Prompt, patterns, layer: int, head: int, query: int) -> str:
@@ -130,7 +122,7 @@ def build(ctx: AppContext) -> None:
         want_scores = _as_flag(scores_v, "Show scores")
         prompt = _prompt(text, model)
         T = len(prompt.ids)
-        q = _check_query(query_v, T)
+        q = check_position(query_v, T, "Query position")
         run = attention_run(model, prompt.ids, scores_layer=layer_i if want_scores else None)
         tokens = prompt.tokens
         if want_scores:

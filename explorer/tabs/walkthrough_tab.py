@@ -8,7 +8,7 @@ from ..compute.walkthrough import (block_choices, picture, residual_norms, step_
 from ..context import AppContext
 from ..errors import handle
 from ..figures.walkthrough import head_rows, key_rows, logit_histogram, residual_norm_path, top_tokens, vector_strip
-from ..inputs import MAX_VIEW_TOKENS, Prompt, check_number, prepare_prompt
+from ..inputs import MAX_VIEW_TOKENS, Prompt, check_number, check_position, prepare_prompt
 
 TITLE = "Walkthrough"
 EXPLANATION = """
@@ -37,13 +37,6 @@ def _prompt(text, model) -> Prompt:
     return prepare_prompt(text, max_tokens=min(MAX_VIEW_TOKENS, model.config.n_ctx))
 
 
-def _check_position(value, T: int) -> int:
-    """A token position in 0..T-1; -1 (or nothing) means the last token."""
-    if value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and value == -1):
-        return T - 1
-    return check_number(value, f"Token position (this prompt has {T} tokens; -1 = last)", 0, T - 1, integer=True)
-
-
 def _check_block(value, n_layer: int) -> int:
     if value is None:
         return 0
@@ -65,7 +58,7 @@ def _figure(pic):
     raise ValueError(f"unknown picture kind {pic.kind!r}")
 
 
-def block_choices_placeholder(n_layer: int) -> list[tuple[str, int]]:
+def block_choices_before_trace(n_layer: int) -> list[tuple[str, int]]:
     """The block list before the first run: names only (the norms come with a trace)."""
     return [(f"block {i}", i) for i in range(n_layer)]
 
@@ -96,7 +89,7 @@ def build(ctx: AppContext) -> None:
     gr.Markdown("### 1. Embedding: the token and its position become one vector")
     embed_slots = _step_slots(EMBED_STEPS, "embed")
     gr.Markdown("### 2. The blocks: click one to expand it")
-    block = gr.Radio(block_choices_placeholder(cfg.n_layer), value=0, label="Blocks (‖x‖ = norm of the token's "
+    block = gr.Radio(block_choices_before_trace(cfg.n_layer), value=0, label="Blocks (‖x‖ = norm of the token's "
                      "residual vector coming in → going out)", elem_id="walkthrough-blocks")
     block_title = gr.Markdown(elem_id="walkthrough-block-title")
     block_slots = _step_slots(BLOCK_STEPS, "block")
@@ -130,7 +123,7 @@ def build(ctx: AppContext) -> None:
         model = ctx.model(model_name, user_models).model
         c = model.config
         prompt = _prompt(text, model)
-        t = _check_position(position_v, len(prompt.ids))
+        t = check_position(position_v, len(prompt.ids), "Token position")
         b = _check_block(block_v, c.n_layer)
         tr = walkthrough_run(model, prompt.ids, t)
         tokens = prompt.tokens

@@ -5,12 +5,12 @@ from __future__ import annotations
 import gradio as gr
 
 from ..components import Number
-from ..compute.why import (ablation_view, attribution_view, check_mode, check_position, lens_view, parse_parts,
+from ..compute.why import (ablation_view, attribution_view, check_mode, lens_view, parse_parts,
                            parse_token, scan_view, token_text)
 from ..context import AppContext
 from ..errors import handle
 from ..figures.why import before_after_bars, head_heatmap, layer_bars, lens_heatmap, lens_lines
-from ..inputs import MAX_VIEW_TOKENS, prepare_prompt
+from ..inputs import MAX_VIEW_TOKENS, check_position, prepare_prompt
 
 TITLE = "Why this token?"
 EXPLANATION = """
