@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-from . import native
+from . import backend
 from .devices import ids_on
 from .model import GPT2, KVCache
 from .sampling import check_settings, distribution, draw, filter_logits
@@ -41,7 +41,7 @@ def stream(model: GPT2, prompt_ids, max_new_tokens: int = 50, temperature: float
     The context is the last ``n_ctx`` tokens. With ``use_cache`` the keys and values of earlier
     tokens are kept; once the window is full every position shifts, so from then on each step
     re-runs the cropped window, exactly as decoding without the cache does. Single-token steps
-    against the cache run in C when they can (gpt2core.native), else through the PyTorch forward.
+    against the cache run in C where it is faster (gpt2core.backend), else through the PyTorch forward.
     """
     check_settings(temperature, top_k, top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -53,13 +53,15 @@ def stream(model: GPT2, prompt_ids, max_new_tokens: int = 50, temperature: float
     generator = torch.Generator(device="cpu").manual_seed(int(seed) if seed is not None else secrets.randbits(63))
     param = next(model.parameters())
     cache = KVCache(model.config, 1, dtype=param.dtype, device=param.device) if use_cache else None
-    decoder = native.Decoder(model, cache) if native.Decoder.supports(model, cache) else None
+    decoder, decided = None, False   # the C decode step, where the backend finds it faster
     fed = 0  # how many of ids are in the KV cache
     for step in range(max_new_tokens):
         # no_grad per step, never around a yield: grad mode is per thread, and a server may resume
         # this generator on another thread, which would then be left with grad disabled.
         with torch.no_grad():
             if cache is not None and len(ids) <= n_ctx:
+                if not decided and len(ids) - fed == 1:
+                    decoder, decided = backend.decoder(model, cache, ids[-1]), True
                 if decoder is not None and len(ids) - fed == 1 and decoder.active():
                     logits = decoder.step(ids[-1])                                    # (V,)
                 else:

@@ -103,6 +103,17 @@ def capture(names=None, hooks: dict[str, HookFn | Iterable[HookFn]] | None = Non
         _ACTIVE.reset(token)
 
 
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """Within the block, no capture is active: hook points record nothing and call no hook function
+    (the backend times its kernels this way, in the middle of a captured forward)."""
+    token = _ACTIVE.set(None)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
 def capture_active() -> bool:
     return _ACTIVE.get() is not None
 

@@ -4,40 +4,33 @@ Parameter names follow the GPT-2 checkpoint (wte, wpe, ln_1, attn.c_attn, attn.c
 mlp.c_fc, mlp.c_proj, ln_f) so loading is a short mapping; the block list is called ``blocks``
 (``h`` in the checkpoint) so hook names read ``blocks.3.attn.hook_pattern``.
 
+Each op is written once, in plain PyTorch. ``@backend.kernel`` lets gpt2core.backend run it with a
+faster kernel where one is measured faster on this machine: the same numbers to float rounding, the
+same hook points.
+
 Shape key: B batch, T query tokens, S key tokens (past + T), d n_embd, nh heads, hs head size.
 """
 from __future__ import annotations
 
 import functools
 import math
-import threading
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import native
+from . import backend
 from .config import GPT2Config, get_config
-from .hooks import ActivationCache, HookPoint, capture, name_hook_points, recorded
-
-
-_PACK_LOCK = threading.Lock()
+from .hooks import ActivationCache, HookPoint, capture, name_hook_points
 
 
 class Linear(nn.Module):
     """y = x W^T + b, like nn.Linear, with W stored (in, out) in memory.
 
-    That is the layout of GPT-2's Conv1D checkpoints and the faster one for MKL on this CPU
-    (x @ W_stored is a plain row-major product: 7-16% faster at 64 tokens, as bench/ measures).
-    ``weight`` is still the (out, in) tensor nn.Linear has, a transposed view of that storage, so
-    names, shapes and state dicts are unchanged.
-
-    Without autograd (the explorer's views, generation, evaluation) the product runs in
-    gpt2core.native when it is available: same numbers to float rounding, and faster than MKL at
-    every prompt length on this CPU (bench/). The kernel reads the weight packed in 16-column panels;
-    the packed copy is kept here (as much memory again as the weight) and made anew whenever the
-    weight changes: in place (its version counter moves) or replaced (its address moves).
-    Training keeps torch's addmm.
+    That is the layout of GPT-2's Conv1D checkpoints and the faster one for MKL (x @ W_stored is a
+    plain row-major product: 7-16% faster at 64 tokens, as bench/ measures). ``weight`` is still the
+    (out, in) tensor nn.Linear has, a transposed view of that storage, so names, shapes and state dicts
+    are unchanged.
     """
 
     def __init__(self, d_in: int, d_out: int, bias: bool = True):
@@ -45,37 +38,10 @@ class Linear(nn.Module):
         self.in_features, self.out_features = d_in, d_out
         self.weight = nn.Parameter(torch.empty(d_in, d_out).t())   # (out, in) view of (in, out) storage
         self.bias = nn.Parameter(torch.zeros(d_out)) if bias else None
-        self._packed = None   # (key of the weight it was made from, native.pack(weight))
 
-    def __getstate__(self):
-        # Copies and pickles leave the packed weight behind: it is remade from the weight on demand.
-        return {**self.__dict__, "_packed": None}
-
-    def packed_weight(self) -> torch.Tensor:
-        return self._packed_for(self.weight.t())
-
-    def _packed_for(self, w: torch.Tensor) -> torch.Tensor:
-        """native.pack(w) of this layer's weight w (in, out), made once per version of it."""
-        key = (w.data_ptr(), w._version, tuple(w.shape))
-        cached = self._packed
-        if cached is None or cached[0] != key:
-            with _PACK_LOCK:   # concurrent first requests pack once, not once each (~0.5 GB for gpt2)
-                cached = self._packed
-                if cached is None or cached[0] != key:
-                    cached = self._packed = (key, native.pack(w))               # (panels, in, 16)
-        return cached[1]
-
+    @backend.kernel("linear")
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.t()                                                      # (in, out)
-        x2 = x.reshape(-1, self.in_features)                                    # (N, in)
-        if native.linear_ready(x2, w, self.bias):
-            packed = self._packed_for(w) if x2.shape[0] > 1 else None          # one row reads w in place
-            y = native.linear(x2, w, self.bias, packed=packed)                   # (N, out)
-        elif self.bias is None:
-            y = x2 @ w                                                           # (N, out)
-        else:
-            y = torch.addmm(self.bias, x2, w)                                    # (N, out)
-        return y.view(*x.shape[:-1], self.out_features)
+        return F.linear(x, self.weight, self.bias)                               # (..., out)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -94,20 +60,13 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()  # (B, T, d)
         self.hook_out_mean = HookPoint()    # (B, T)
         self.hook_out_var = HookPoint()     # (B, T)
-        # The statistics' hook points in native.layer_norm's order (a plain tuple, not a submodule list).
+        # The statistics' hook points in the order the backend's kernel makes them (a plain tuple, not a
+        # submodule list).
         self._stat_hooks = (self.hook_in_mean, self.hook_in_var, self.hook_normalized, self.hook_out_mean,
                             self.hook_out_var)
 
+    @backend.kernel("layer_norm")
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        wanted = recorded(self._stat_hooks) if native.ready(x, self.weight, self.bias) else None
-        if wanted is not None:
-            # One native pass gives the output and whichever statistics this call's capture records.
-            out, stats = native.layer_norm(x, self.weight, self.bias, self.eps,
-                                           [n for n, w in zip(native.LAYER_NORM_STATS, wanted) if w])
-            for name, hook, w in zip(native.LAYER_NORM_STATS, self._stat_hooks, wanted):
-                if w:
-                    hook(stats[name])
-            return out
         mean = self.hook_in_mean(x.mean(-1)).unsqueeze(-1)                         # (B, T, 1)
         var = self.hook_in_var(x.var(-1, unbiased=False)).unsqueeze(-1)             # (B, T, 1)
         x_hat = self.hook_normalized((x - mean) * torch.rsqrt(var + self.eps))     # (B, T, d)
@@ -126,13 +85,11 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 class GELU(nn.Module):
-    """gelu() above in one pass over (B, T, 4d) instead of eight: the native kernel without autograd,
-    else torch's fused one (each equal to gelu() to float rounding; tests)."""
+    """gelu() above, fused: one pass over (B, T, 4d) instead of eight (equal to gelu() to float rounding)."""
 
+    @backend.kernel("gelu")
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if native.ready(x):
-            return native.gelu(x)
-        return F.gelu(x, approximate="tanh")
+        return F.gelu(x, approximate="tanh")                                     # (B, T, 4d)
 
 
 class MLP(nn.Module):
@@ -192,10 +149,15 @@ class CausalSelfAttention(nn.Module):
                        self.hook_z)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        B, T, d = x.shape
         qkv = self.c_attn(x)                                                      # (B, T, 3d)
-        if kv_cache is None and T > 1 and self._native_ok(qkv):
-            return self._native_forward(qkv)
+        z = self.attend(qkv, kv_cache)                                            # (B, T, d)
+        return self.resid_dropout(self.c_proj(z))                                 # (B, T, d)
+
+    @backend.kernel("attention")
+    def attend(self, qkv: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Each head's softmax(q k^T / sqrt(hs)) v, the heads side by side."""
+        B, T, three_d = qkv.shape
+        d = three_d // 3
         q, k, v = qkv.split(d, dim=2)                                             # 3 x (B, T, d)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)              # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)              # (B, nh, T, hs)
@@ -213,38 +175,12 @@ class CausalSelfAttention(nn.Module):
         # head size (64 in GPT-2) the two are the same floats.
         scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)     # (B, nh, T, S)
         if T > 1:  # a single new query sees every cached key: nothing to mask
-            scores.masked_fill_(future_mask(T, S, past, x.device), float("-inf"))
+            scores.masked_fill_(future_mask(T, S, past, qkv.device), float("-inf"))
         scores = self.hook_attn_scores(scores)
         pattern = self.hook_pattern(F.softmax(scores, dim=-1))                    # (B, nh, T, S)
         z = self.attn_dropout(pattern) @ v                                        # (B, nh, T, hs)
         z = self.hook_z(z.transpose(1, 2))                                        # (B, T, nh, hs)
-        return self.resid_dropout(self.c_proj(z.reshape(B, T, d)))                # (B, T, d)
-
-    def _native_ok(self, qkv: torch.Tensor) -> bool:
-        """The C kernel serves a prompt without cache when no dropout is on and no hook edits."""
-        if self.training and self.attn_dropout.p > 0:
-            return False
-        return native.ready(qkv) and recorded(self._hook_points) is not None
-
-    def _native_forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        """The forward above in one native call, with the same hook points (the same tensors to float
-        rounding); scores and pattern are made only when a capture records them."""
-        B, T, three_d = qkv.shape
-        d, nh, hs = three_d // 3, self.n_head, self.head_dim
-        want_q, want_k, want_v, want_scores, want_pattern, want_z = recorded(self._hook_points)
-        if want_q or want_k or want_v:
-            q, k, v = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)          # (B, nh, T, hs)
-            self.hook_q(q)
-            self.hook_k(k)
-            self.hook_v(v)
-        z, scores, pattern = native.attention(qkv, nh, scores=want_scores, pattern=want_pattern)  # (B, T, d)
-        if scores is not None:
-            self.hook_attn_scores(scores)                                         # (B, nh, T, T)
-        if pattern is not None:
-            self.hook_pattern(pattern)                                            # (B, nh, T, T)
-        if want_z:
-            self.hook_z(z.view(B, T, nh, hs))                                     # (B, T, nh, hs)
-        return self.resid_dropout(self.c_proj(z))                                 # (B, T, d)
+        return z.reshape(B, T, d)                                                 # (B, T, d)
 
 
 class Block(nn.Module):
@@ -286,6 +222,7 @@ class GPT2(nn.Module):
         self.hook_embed = HookPoint()       # (B, T, d) token embeddings
         self.hook_pos_embed = HookPoint()   # (B, T, d) position embeddings
         self.hook_names = name_hook_points(self)
+        self.precision = "fp32"   # of the matrix products, unless a caller asks otherwise (gpt2core.backend)
         if init_weights:
             self.init_weights()
 
@@ -318,16 +255,17 @@ class GPT2(nn.Module):
         if past + T > self.config.n_ctx:
             raise ValueError(f"sequence of {past + T} tokens exceeds the context of {self.config.n_ctx}")
         pos = torch.arange(past, past + T, device=idx.device)                  # (T,)
-        x = self.hook_embed(self.wte(idx)) + self.hook_pos_embed(self.wpe(pos).expand(B, T, -1))  # (B, T, d)
-        x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, kv_cache)                                             # (B, T, d)
-        if kv_cache is not None:
-            kv_cache.length += T
-        x = self.ln_f(x)                                                       # (B, T, d)
-        if last_only:
-            x = x[:, -1:]                                                      # (B, 1, d)
-        return self.lm_head(x)                                                 # (B, T or 1, vocab)
+        with backend.default_precision(getattr(self, "precision", "fp32")):
+            x = self.hook_embed(self.wte(idx)) + self.hook_pos_embed(self.wpe(pos).expand(B, T, -1))  # (B, T, d)
+            x = self.drop(x)
+            for block in self.blocks:
+                x = block(x, kv_cache)                                         # (B, T, d)
+            if kv_cache is not None:
+                kv_cache.length += T
+            x = self.ln_f(x)                                                   # (B, T, d)
+            if last_only:
+                x = x[:, -1:]                                                  # (B, 1, d)
+            return self.lm_head(x)                                             # (B, T or 1, vocab)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy; targets (B, T) are idx shifted by one."""

@@ -31,6 +31,7 @@ _FLAGS = ["-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC", "-pthread", 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _error: str | None = None   # why the library is unavailable, once a build was tried
+_path: Path | None = None    # the loaded build
 
 
 def enabled() -> bool:
@@ -42,7 +43,7 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
-def _cpu_signature() -> str:
+def cpu_signature() -> str:
     """The CPU's feature flags, which -march=native builds for."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -62,13 +63,19 @@ def _compiler() -> str | None:
     return None
 
 
+def _target(cc: str) -> Path:
+    """Where the build of this source, compiler, CPU and flags is cached."""
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, cpu_signature(), " ".join(_FLAGS)]).encode())
+    return _cache_dir() / f"gpt2kernels-{key.hexdigest()[:16]}.so"
+
+
 def _build() -> ctypes.CDLL:
+    global _path
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), version, _cpu_signature(), " ".join(_FLAGS)]).encode())
-    target = _cache_dir() / f"gpt2kernels-{key.hexdigest()[:16]}.so"
+    target = _target(cc)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         # Build beside the target and rename: another process may be building the same file.
@@ -84,6 +91,7 @@ def _build() -> ctypes.CDLL:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(target))
+    _path = target
     lib.gpt2_decode_step.restype = ctypes.c_int
     lib.gpt2_decode_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p,
                                      ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
@@ -125,6 +133,11 @@ def library() -> ctypes.CDLL | None:
 
 def error() -> str | None:
     return _error
+
+
+def library_path() -> Path | None:
+    """The file of the loaded build (None: none loaded); gpt2core.backend keeps its choices beside it."""
+    return _path if library() is not None else None
 
 
 def _require() -> ctypes.CDLL:

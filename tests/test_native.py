@@ -72,34 +72,6 @@ def test_linear_refuses_mismatched_shapes():
         native.linear(torch.ones(2, 4), torch.ones(4, 5), packed=native.pack(torch.ones(4, 17)))
 
 
-def test_linear_module_repacks_when_its_weight_changes():
-    """The packed copy a Linear keeps follows its weight: edited in place, replaced, loaded."""
-    import copy
-
-    from gpt2core.model import Linear
-
-    torch.manual_seed(0)
-    lin = Linear(40, 24).eval()
-    with torch.no_grad():
-        lin.weight.normal_()   # a bare Linear is left empty: GPT2 initialises its weights
-    x = torch.randn(5, 40)
-    expect = lambda: (x.double() @ lin.weight.double().t() + lin.bias.double()).float()  # noqa: E731
-    with torch.no_grad():
-        torch.testing.assert_close(lin(x), expect(), rtol=1e-5, atol=1e-5)
-        first = lin.packed_weight()
-        assert lin.packed_weight() is first                      # kept while the weight is unchanged
-        for change in (lambda: lin.weight.__setitem__((3, 7), lin.weight[3, 7] + 10.0),            # in place
-                       lambda: lin.load_state_dict({"weight": torch.randn(24, 40), "bias": torch.randn(24)}),
-                       lambda: setattr(lin, "weight", torch.nn.Parameter(torch.randn(40, 24).t()))):  # replaced
-            key = lin._packed[0]
-            change()
-            torch.testing.assert_close(lin(x), expect(), rtol=1e-5, atol=1e-5)
-            assert lin._packed[0] != key                         # the product ran natively, on a new pack
-        twin = copy.deepcopy(lin)
-        assert twin._packed is None and lin._packed is not None   # a copy doesn't carry the packed weight
-        torch.testing.assert_close(twin(x), lin(x), rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("shape", [(1, 1, 64), (2, 5, 36), (3, 768)])
 def test_layer_norm_and_its_statistics(shape):
     g = torch.Generator().manual_seed(sum(shape))
@@ -119,6 +91,7 @@ def test_layer_norm_and_its_statistics(shape):
 
 
 def test_modules_use_native_kernels_only_without_autograd(monkeypatch):
+    monkeypatch.setenv("GPT2_KERNELS", "native")   # not left to the measured choice
     model = perturbed(CONFIGS["tiny"])
     calls = []
     for name in ("linear", "layer_norm"):
@@ -194,6 +167,7 @@ def test_generation_is_the_same_with_and_without_the_native_step(name, monkeypat
 
 
 def test_generation_uses_the_native_step(monkeypatch):
+    monkeypatch.setenv("GPT2_KERNELS", "native")   # no timing runs of the step
     model = perturbed(CONFIGS["tiny"])
     calls = []
     real = native.Decoder.step
@@ -322,6 +296,7 @@ def test_attention_refuses_a_width_the_heads_do_not_divide():
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_capture_records_the_same_attention_as_pytorch(monkeypatch, n_threads):
     monkeypatch.setattr(native, "threads", lambda: n_threads)   # the suite runs torch on one thread
+    monkeypatch.setenv("GPT2_KERNELS", "native")
     model = perturbed(CONFIGS["odd"])
     ids = torch.randint(0, 50257, (2, 11), generator=torch.Generator().manual_seed(4))
     names = ["blocks.*.attn.*", "blocks.1.ln_2.*", "blocks.*.mlp.*"]
@@ -358,34 +333,3 @@ def test_the_portable_build_without_avx2(monkeypatch, tmp_path):
     torch.testing.assert_close(z, (ref @ v).squeeze(1).float(), rtol=1e-5, atol=1e-5)
     test_linear_matches_torch(7, 300, 37, 2, True)
     test_step_logits_and_cache_match_the_forward("tiny", 2)
-
-
-def test_concurrent_first_uses_pack_a_weight_once(monkeypatch):
-    """Two requests meeting an unpacked weight share one packed copy (for gpt2 each is ~0.5 GB)."""
-    import time
-
-    from gpt2core.model import Linear
-
-    lin = Linear(32, 48).eval()
-    with torch.no_grad():
-        lin.weight.normal_()
-    real, calls = native.pack, []
-
-    def slow_pack(w):
-        calls.append(1)
-        time.sleep(0.2)            # long enough for the other thread to arrive while packing
-        return real(w)
-
-    monkeypatch.setattr(native, "pack", slow_pack)
-    barrier, got = threading.Barrier(2), []
-
-    def first_use():
-        barrier.wait(timeout=10)
-        got.append(lin.packed_weight())
-
-    threads = [threading.Thread(target=first_use) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
-    assert len(calls) == 1 and len(got) == 2 and got[0] is got[1]
