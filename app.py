@@ -1,4 +1,5 @@
-"""GPT-2 Explorer: python app.py [--weights PATH|gpt2] [--download gpt2] [--device auto|cpu|cuda] [--port N] [--share]"""
+"""GPT-2 Explorer: python app.py [--weights PATH|gpt2] [--download gpt2] [--device auto|cpu|cuda]
+[--dtype fp32|bf16|fp16|int8] [--port N] [--share]"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,7 @@ import os
 import sys
 
 HUB_ALIASES = ("gpt2", "openai-community/gpt2")
+DTYPES = ("fp32", "bf16", "fp16", "int8")   # gpt2core.backend.PRECISIONS (a test checks), without importing torch
 
 
 def download(name: str) -> int:
@@ -41,6 +43,11 @@ def main() -> None:
                     choices=["auto", "cpu", "cuda"],
                     help="where the models run: auto (CUDA when there is one), cpu or cuda; "
                          "default $GPT2_EXPLORER_DEVICE or auto")
+    ap.add_argument("--dtype", default=os.environ.get("GPT2_EXPLORER_DTYPE", "fp32"), choices=DTYPES,
+                    help="the number format of the served models' matrix products: fp32 (exact, the default), "
+                         "bf16 (faster where the CPU has bf16 matrix units), fp16, or int8 (dynamic "
+                         "quantisation); LayerNorm, softmax, GELU and the residual stream stay fp32, and the "
+                         "error against fp32 is shown under the model status. Default $GPT2_EXPLORER_DTYPE or fp32")
     ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     ap.add_argument("--share", action="store_true", help="make a public gradio.live link")
@@ -59,6 +66,10 @@ def main() -> None:
         device = resolve_device(args.device)   # the models, the views and generation run there
     except ValueError as e:
         ap.error(str(e))                  # a plain message and exit status 2, before anything loads
+    if args.dtype not in DTYPES:          # argparse checks a typed value, not a default from the environment
+        ap.error(f"--dtype (or $GPT2_EXPLORER_DTYPE) must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
+    if args.dtype == "int8" and device.type != "cpu":
+        ap.error(f"--dtype int8: PyTorch's dynamic quantisation runs on the CPU only, not on {device}")
 
     # The C kernels build on first use (about 2 s, then cached): build them while the model loads.
     threading.Thread(target=native.library, name="native-build", daemon=True).start()
@@ -67,13 +78,17 @@ def main() -> None:
         print(f"[{fraction:4.0%}] {message}", flush=True)
 
     # GPT-2 that must be downloaded comes in a background thread: the page serves at once.
-    registry = build_registry(args.weights, progress=progress, device=device, background_download=True)
+    registry = build_registry(args.weights, progress=progress, device=device, background_download=True,
+                              precision=args.dtype)
     if registry.startup_notice:
         print(registry.startup_notice, flush=True)
     if registry.hub_download is not None:
         print("GPT-2 is not in the local cache: downloading it in the background; the page serves "
               f"{registry.default} until it is ready", flush=True)
-    print(f"serving model: {registry.default} on {device}", flush=True)
+    print(f"serving model: {registry.default} on {device}, matrix products in {args.dtype}", flush=True)
+    if args.dtype == "bf16" and device.type == "cpu":
+        from gpt2core import backend
+        print(f"bf16: {backend.bf16_units()[1]}", flush=True)
     build_app(registry).launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS,
                                show_error=True)
 

@@ -6,6 +6,7 @@ import gradio as gr
 from .context import AppContext
 from . import lecture
 from .errors import handle
+from .inputs import MAX_VIEW_TOKENS, InputError, prepare_prompt
 from .session import HUB_NAME, HubDownload, ModelRegistry, device_label
 from .tabs import load_tabs
 
@@ -33,6 +34,30 @@ def model_status(entry) -> tuple[str, dict]:
                        value="⚠️ **Untrained model:** these weights are random, so its predictions are "
                              "noise. The mechanics (tokens, attention, LayerNorm, GELU) are still real.")
     return text, banner
+
+
+def precision_status(entry, text) -> str:
+    """The status line of a model served in a lower precision (``--dtype``): its error against fp32 on the
+    user's prompt (at most the views' token cap; the default prompt while the box is empty), and where
+    bf16 won't be faster on this CPU, why. Two forward passes of the prompt; "" in fp32 (exact)."""
+    from gpt2core import backend
+    from gpt2core.precision import error_report
+
+    from .compute.precision import status_markdown
+
+    precision = getattr(entry.model, "precision", "fp32")
+    if precision == "fp32":
+        return f"**Precision:** fp32 (exact) for {entry.name}."
+    n_ctx = entry.model.config.n_ctx
+    try:
+        prompt, what = prepare_prompt(text, max_tokens=min(MAX_VIEW_TOKENS, n_ctx)), "this prompt"
+    except InputError:
+        prompt, what = prepare_prompt(DEFAULT_PROMPT, max_tokens=min(MAX_VIEW_TOKENS, n_ctx)), "the default prompt"
+    if prompt.notices and len(prompt.ids) == min(MAX_VIEW_TOKENS, n_ctx):
+        what += f"'s last {len(prompt.ids)} tokens"
+    on_cpu = next(entry.model.parameters()).device.type == "cpu"
+    return status_markdown(error_report(entry.model, prompt.ids, precision), precision, what,
+                           backend.bf16_units() if on_cpu else None)
 
 
 def download_notice(download: HubDownload | None) -> str:
@@ -89,6 +114,9 @@ def build_app(registry: ModelRegistry) -> gr.Blocks:
             model_choice = gr.Dropdown(registry.choices(), value=registry.default, label="Model", scale=1,
                                        allow_custom_value=True, elem_id="model-choice")
         status = gr.Markdown(status_text, elem_id="model-status")
+        lower = registry.precision != "fp32"   # --dtype: the error against fp32 next to the model status
+        precision_md = gr.Markdown(precision_status(default, DEFAULT_PROMPT) if lower else "", visible=lower,
+                                   elem_id="precision-status")
         with gr.Row(equal_height=True):
             presentation = gr.Checkbox(False, label="Presentation mode: large fonts for a lecture hall",
                                        elem_id="presentation", scale=2)
@@ -109,6 +137,15 @@ def build_app(registry: ModelRegistry) -> gr.Blocks:
             return model_status(entry)
 
         model_choice.change(select_model, ctx.model_inputs, [status, banner], api_name="select_model")
+        if lower:
+            @handle
+            def show_precision(text, name, user_models):
+                return precision_status(ctx.model(name, user_models), text)
+
+            # On the user's prompt: when it is submitted, when the model changes, and when the page opens.
+            gr.on([prompt.submit, model_choice.change, page_ready.click], show_precision,
+                  [prompt, *ctx.model_inputs], [precision_md], api_name="precision_status",
+                  show_progress="hidden")
         if cold_start is not None:
             serving_meanwhile = registry.default   # what the page serves until GPT-2 is ready
             timer = gr.Timer(DOWNLOAD_POLL_S, active=cold_start.state == "downloading")

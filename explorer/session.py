@@ -47,8 +47,9 @@ class HubDownload:
 class ModelRegistry:
     """Shared, read-only models by name. Thread-safe; Hub models load on first request."""
 
-    def __init__(self, device: torch.device | str = "cpu"):
+    def __init__(self, device: torch.device | str = "cpu", precision: str = "fp32"):
         self._entries: dict[str, ModelEntry] = {}
+        self.precision = precision   # the served models' matrix products (--dtype; gpt2core.backend)
         self._lock = threading.Lock()
         self._download_lock = threading.Lock()
         self.default: str | None = None
@@ -60,6 +61,7 @@ class ModelRegistry:
 
     def add(self, entry: ModelEntry, default: bool = False) -> ModelEntry:
         entry.model.to(self.device).eval()
+        entry.model.precision = self.precision
         for p in entry.model.parameters():
             p.requires_grad_(False)
         with self._lock:
@@ -185,12 +187,17 @@ def describe_source(path: Path, shown: str | None = None) -> str:
 
 
 def build_registry(weights_arg: str | None = None, progress=None, device: torch.device | str = "cpu",
-                   background_download: bool = False) -> ModelRegistry:
+                   background_download: bool = False, precision: str = "fp32") -> ModelRegistry:
     """The models this process serves: bundled (or random), plus ``--weights``; Hub on a Space.
 
     GPT-2 from the local HF cache loads at once. When it must be downloaded and ``background_download``
-    is set (the app), the download runs in a thread and the bundled model serves until it is ready."""
-    registry = ModelRegistry(device)
+    is set (the app), the download runs in a thread and the bundled model serves until it is ready.
+    ``precision`` (``--dtype``): the served models' matrix products, fp32 (exact, the default), bf16,
+    fp16 or int8 (gpt2core.backend); each model gets it as ``model.precision``."""
+    from gpt2core import backend
+    if precision not in backend.PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(backend.PRECISIONS)}, got {precision!r}")
+    registry = ModelRegistry(device, precision)
     if (BUNDLED_DIR / weights.WEIGHTS_FILE).is_file():
         doc = weights.read_metadata(BUNDLED_DIR)
         registry.add(ModelEntry(doc.get("display_name", "shakespeare (bundled)"), load(BUNDLED_DIR),
