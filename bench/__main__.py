@@ -1,5 +1,5 @@
-"""Benchmarks: python -m bench [all|decode|forward|prefill|memory|coldstart|why|endpoints] [--runs N]
-                              [--model bundled|gpt2]
+"""Benchmarks: python -m bench [all|decode|forward|bf16|prefill|memory|coldstart|why|endpoints|streaming]
+                              [--runs N] [--model bundled|gpt2]
 
 Ours and HF transformers run in the same process on the same random-initialised GPT-2 124M
 weights (HF's, saved with save_pretrained and loaded into gpt2core), interleaved, median of N
@@ -159,6 +159,49 @@ def bench_forward(pair: Pair, runs: int, lengths=(16, 64, 256)) -> list[str]:
         lines.append(f"  the app's view (capture, last-position logits) against HF's literal call (all logits): "
                      f"{paired_ratio(raw, 'capture_last', 'hf'):.2f}x HF's time")
     return lines
+
+
+def bench_bf16(pair: Pair, runs: int, lengths=(64, 256)) -> list[str]:
+    """The opt-in bf16 mode (gpt2core.backend.precision): our full capture with bf16 products against HF's
+    fp32 eager forward (the issue's reference) and HF cast to bf16, and its error against our fp32 capture."""
+    from gpt2core import backend
+
+    has_units, why = backend.bf16_units()
+    lines = [f"bf16: {why}"]
+    hf16 = __import__("copy").deepcopy(pair.hf).to(torch.bfloat16)
+    for n in lengths:
+        ids = torch.randint(0, 50257, (1, n), generator=torch.Generator().manual_seed(n))
+
+        def hf(model):
+            with torch.no_grad():
+                model(ids, output_attentions=True, output_hidden_states=True)
+
+        def ours_bf16():
+            with backend.precision("bf16"):
+                return pair.ours.run_with_cache(ids)
+
+        raw = interleaved({"hf": lambda: hf(pair.hf), "bf16": ours_bf16, "hf_bf16": lambda: hf(hf16),
+                           "fp32": lambda: pair.ours.run_with_cache(ids)}, runs, raw=True)
+        t = {k: statistics.median(v) for k, v in raw.items()}
+        (ref, ref_cache), (low, low_cache) = pair.ours.run_with_cache(ids), ours_bf16()
+        d_attn = max((low_cache[k] - ref_cache[k]).abs().max().item() for k in ref_cache if k.endswith("hook_pattern"))
+        agree = (low.argmax(-1) == ref.argmax(-1)).float().mean().item()
+        lines.append(f"bf16 full capture, {n} tokens, all logits: ours {t['bf16'] * 1e3:.1f} ms -> "
+                     f"{1 / paired_ratio(raw, 'bf16', 'hf'):.2f}x faster than HF fp32 eager ({t['hf'] * 1e3:.1f} ms; "
+                     f"target >= 2.5x at 256 where there are bf16 units), {1 / paired_ratio(raw, 'bf16', 'hf_bf16'):.2f}x "
+                     f"HF in bf16 ({t['hf_bf16'] * 1e3:.1f} ms), {1 / paired_ratio(raw, 'bf16', 'fp32'):.2f}x our fp32 "
+                     f"({t['fp32'] * 1e3:.1f} ms); error against fp32: max |dlogit| {(low - ref).abs().max().item():.3g}, "
+                     f"top-1 agreement {agree:.1%}, max |dattention| {d_attn:.3g}")
+    return lines
+
+
+def bench_kernels() -> list[str]:
+    """Which implementation each op and shape class uses on this CPU (gpt2core.backend's measured choice)."""
+    from gpt2core import backend
+
+    path = backend._choices_file()
+    return [f"kernel choices (native vs torch, timed at first use on this CPU, saved in {path}; "
+            f"GPT2_KERNELS={os.environ.get('GPT2_KERNELS', 'auto')}):"] + [f"  {line}" for line in backend.describe_choices()]
 
 
 def bench_prefill(pair: Pair, runs: int, n: int = 256) -> list[str]:
@@ -366,24 +409,39 @@ def bench_endpoints(runs: int, model: str = "bundled") -> list[str]:
         demo.close()
 
 
+def bench_streaming(args) -> list[str]:
+    from bench.streaming import bench_streaming as run   # the app's stream against the raw decode
+    return run(args.runs, "gpt2" if args.model == "gpt2" else "bundled")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("what", nargs="*", default=["all"],
-                    choices=["all", "decode", "forward", "prefill", "memory", "coldstart", "why", "endpoints"])
+                    choices=["all", "decode", "forward", "bf16", "prefill", "memory", "coldstart", "why", "endpoints",
+                             "streaming"])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--model", choices=["bundled", "gpt2"], default="bundled",
                     help="the model the endpoints run on: the bundled one, or GPT-2 124M with random weights")
     ap.add_argument("--out", help="also append the results to this markdown file")
+    ap.add_argument("--remeasure", action="store_true",
+                    help="forget the saved kernel choices first, so each op is timed again on this machine")
     args = ap.parse_args(argv)
-    what = {"decode", "forward", "prefill", "memory", "coldstart", "why", "endpoints"} if "all" in args.what \
-        else set(args.what)
+    what = {"decode", "forward", "bf16", "prefill", "memory", "coldstart", "why", "endpoints", "streaming"} \
+        if "all" in args.what else set(args.what)
+    if args.remeasure:
+        from gpt2core import backend
+        backend.forget_choices(on_disk=True)
     lines = [f"machine: {machine()}"]
     print(lines[0], flush=True)
-    pair = Pair() if what & {"decode", "forward", "prefill", "why"} else None
+    pair = Pair() if what & {"decode", "forward", "bf16", "prefill", "why"} else None
     steps = [("decode", lambda: bench_decode(pair, args.runs)), ("forward", lambda: bench_forward(pair, args.runs)),
+             ("bf16", lambda: bench_bf16(pair, args.runs)),
              ("prefill", lambda: bench_prefill(pair, args.runs)), ("memory", bench_memory),
              ("coldstart", bench_coldstart), ("why", lambda: bench_why(pair, args.runs)),
-             ("endpoints", lambda: bench_endpoints(args.runs, args.model))]
+             ("endpoints", lambda: bench_endpoints(args.runs, args.model)), ("streaming", lambda: bench_streaming(args))]
+    if pair is not None:
+        steps.append(("kernels", bench_kernels))
+        what.add("kernels")
     for name, fn in steps:
         if name in what:
             for line in fn():

@@ -83,7 +83,8 @@ def bf16_units() -> tuple[bool, str]:
     flags = set(native.cpu_signature().split())
     units = [name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
     if units:
-        return True, f"this CPU has bf16 matrix units ({', '.join(units)}): bf16 products run about 2-6x the fp32 rate"
+        return True, (f"this CPU has bf16 matrix units ({', '.join(units)}), so bf16 products run faster than fp32 "
+                      f"ones (bench/ measures how much)")
     return False, ("this CPU has no bf16 matrix units (neither AMX-BF16 nor AVX512-BF16): bf16 products are "
                    "converted to fp32 to be multiplied, so the bf16 mode is not faster here, only less exact")
 
@@ -92,6 +93,7 @@ def bf16_units() -> tuple[bool, str]:
 
 _choices: dict[str, dict] = {}   # "op:shape class" -> {"use": "native"|"torch", "native_ms": .., "torch_ms": ..}
 _choices_loaded = False
+_used: set[str] = set()          # the keys this process has asked for
 _choice_lock = threading.RLock()   # reentrant: timing the decode step meets the linear op's first use
 _setting_cache: tuple[str, dict] = ("", {})
 
@@ -187,6 +189,7 @@ def choose(op: str, shape: str, native_fn: Callable[[], object], torch_fn: Calla
     if wanted != "auto":
         return wanted
     key = f"{op}:{shape}"
+    _used.add(key)
     entry = _choices.get(key)
     if entry is None:
         with _choice_lock:
@@ -203,12 +206,25 @@ def choose(op: str, shape: str, native_fn: Callable[[], object], torch_fn: Calla
     return entry["use"]
 
 
-def choices() -> dict[str, dict]:
-    """Every choice made or loaded so far: "op:shape class" -> {"use", "native_ms", "torch_ms"}."""
+def choices(used_only: bool = False) -> dict[str, dict]:
+    """Every choice made or loaded so far: "op:shape class" -> {"use", "native_ms", "torch_ms"}; with
+    ``used_only``, those this process has used."""
     with _choice_lock:
         if not _choices_loaded:
             _load_choices()
-        return dict(sorted(_choices.items()))
+        return {k: v for k, v in sorted(_choices.items()) if not used_only or k in _used}
+
+
+def describe_choices(used_only: bool = True) -> list[str]:
+    """One line per op and shape: each row class's implementation, with both timings (ms)."""
+    grouped: dict[str, list[str]] = {}
+    for key, entry in choices(used_only).items():
+        op, *parts = key.split(":")
+        rows = next((p for p in parts if p.startswith(("rows", "T", "n"))), "step")
+        head = ":".join(p for p in parts if p != rows)
+        grouped.setdefault(f"{op} {head}".strip(), []).append(
+            f"{rows} {entry['use']} ({entry['native_ms']:.3g} vs {entry['torch_ms']:.3g} ms)")
+    return [f"{name}: {', '.join(parts)}" for name, parts in grouped.items()]
 
 
 def forget_choices(on_disk: bool = False) -> None:
