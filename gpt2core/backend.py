@@ -423,10 +423,12 @@ def _gelu(module, reference, x: torch.Tensor) -> torch.Tensor:
 
 
 def _attention(module, reference, qkv: torch.Tensor, kv_cache=None) -> torch.Tensor:
-    """A whole prompt without cache in one native call, with the same hook points; scores and pattern
-    are made only when a capture records them."""
+    """A whole prompt in one native call (without a cache, or filling an empty one), with the same hook
+    points; scores and pattern are made only when a capture records them."""
     B, T, three_d = qkv.shape
-    if kv_cache is not None or T == 1 or (module.training and module.attn_dropout.p > 0) or not native.ready(qkv):
+    fills_cache = kv_cache is not None and kv_cache.length == 0   # a prompt's prefill: no earlier keys
+    if (kv_cache is not None and not fills_cache) or T == 1 or (module.training and module.attn_dropout.p > 0) \
+            or not native.ready(qkv) or (fills_cache and not native.ready(kv_cache.k)):
         return reference(module, qkv, kv_cache)
     wanted = hooks.recorded(module._hook_points)
     if wanted is None:   # a hook edits q, k, v, the scores or the pattern
@@ -437,8 +439,11 @@ def _attention(module, reference, qkv: torch.Tensor, kv_cache=None) -> torch.Ten
     shape = f"hs{hs}:T{size_class(T)}:{'pattern' if want_scores or want_pattern else 'z'}"
     if choose("attention", shape, run_native, lambda: reference(module, qkv, None)) == "torch":
         return reference(module, qkv, kv_cache)
-    if want_q or want_k or want_v:
+    if want_q or want_k or want_v or fills_cache:
         q, k, v = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)     # (B, nh, T, hs)
+        if fills_cache:
+            kv_cache.k[module.layer_idx, :, :, :T] = k
+            kv_cache.v[module.layer_idx, :, :, :T] = v
         module.hook_q(q)
         module.hook_k(k)
         module.hook_v(v)

@@ -327,3 +327,27 @@ def test_bf16_units_says_why():
     flags = native.cpu_signature().split()
     assert has == ("amx_bf16" in flags or "avx512_bf16" in flags)
     assert ("no bf16 matrix units" in why) != has
+
+
+@pytest.mark.parametrize("kernels", ["native", "torch"])
+def test_a_prefill_fills_the_cache_as_the_reference_does(monkeypatch, kernels, calls):
+    from gpt2core import KVCache
+    model = perturbed(get_config("tiny"))
+    ids = IDS[:1]
+    monkeypatch.setenv("GPT2_KERNELS", "torch")
+    ref_cache = KVCache(model.config, 1)
+    with torch.no_grad():
+        ref = model(ids, kv_cache=ref_cache)
+        ref_next = model(torch.tensor([[9]]), kv_cache=ref_cache)
+    calls.clear()
+    monkeypatch.setenv("GPT2_KERNELS", kernels)
+    cache = KVCache(model.config, 1)
+    with torch.no_grad():
+        logits = model(ids, kv_cache=cache)
+        following = model(torch.tensor([[9]]), kv_cache=cache)
+    assert ("attention" in calls) == (kernels == "native")
+    T = ids.shape[1]
+    torch.testing.assert_close(cache.k[:, :, :, :T + 1], ref_cache.k[:, :, :, :T + 1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.v[:, :, :, :T + 1], ref_cache.v[:, :, :, :T + 1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits, ref, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(following, ref_next, rtol=1e-5, atol=2e-5)
