@@ -17,6 +17,8 @@ CONCURRENCY = 4               # events computed at once; the rest wait in the qu
 CSS = """
 #untrained-banner { background: #fff3cd; border: 1px solid #e0b000; border-radius: 6px; padding: 4px 12px; }
 .notice { color: #8a5a00; }
+/* 14 tabs: at gradio's 16 px a side the last ones fall into the tab bar's overflow menu on a 1400 px window */
+#tabs .tab-container > button { padding: 0 9px; }   /* the tabs and gradio's hidden copy it measures */
 """ + lecture.CSS
 HEADER = """
 # GPT-2 Explorer

@@ -72,3 +72,29 @@ def test_why_tab_explains_and_scans(page):
     no_error_toast(page)
     page.screenshot(path=str(ARTIFACTS / "why-scan.png"), full_page=True)
     assert not page.errors, page.errors
+
+
+def test_precision_tab_shows_a_swapped_token(page):
+    """The Precision tab on its first example: a near-tie that some precision swaps, all four figures drawn."""
+    from explorer.tabs.precision_tab import EXAMPLES
+    page.get_by_role("tab", name="Precision").click()
+    panel = page.locator("#tab-precision")
+    panel.locator("#precision-examples").get_by_text(EXAMPLES[0].split(",")[0]).first.click()
+    assert page.locator("#prompt textarea").input_value() == EXAMPLES[0]
+    page.locator("#precision-run").click()
+    summary = page.locator("#precision-summary")
+    summary.get_by_text("differs from fp32").first.wait_for(timeout=60_000)
+    for row in ("fp32", "bf16", "fp16", "int8"):
+        assert summary.locator("td", has_text=row).count() >= 1, row
+    for fig in ("top-tokens", "errors", "positions", "cost"):
+        page.locator(f"#precision-{fig} .js-plotly-plot").wait_for(state="visible", timeout=30_000)
+    page.wait_for_timeout(800)
+    no_error_toast(page)
+    panel.screenshot(path=str(ARTIFACTS / "precision-tab.png"))
+    assert not page.errors, page.errors
+
+
+def test_every_tab_is_in_the_tab_bar(page):
+    """At 1400 px no tab falls into gradio's overflow menu (where a student would not see it)."""
+    titles = [t.TITLE for t in load_tabs()]
+    assert page.get_by_role("tab").all_inner_texts()[:len(titles)] == titles

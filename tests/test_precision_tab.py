@@ -46,7 +46,8 @@ def test_error_bars():
     logit, agree, attn = fig.data
     assert list(logit.y) == [0.0, 0.1] and list(agree.y) == [1.0, 0.9] and list(attn.y) == [0.0, 0.003]
     assert list(attn.x) == ["fp32", "bf16"] and attn.customdata[1][0] == "layer 1, head 2"
-    assert logit.marker.color[0] != logit.marker.color[1] and fig.layout.yaxis2.range[1] == 1.05
+    assert logit.marker.color[0] != logit.marker.color[1] and fig.layout.yaxis2.range[1] == 1.15
+    assert fig.layout.yaxis.range[1] == pytest.approx(0.12) and fig.layout.yaxis3.range[1] == pytest.approx(0.0036)
 
 
 def test_position_errors():

@@ -53,7 +53,7 @@ OPTIONAL_TEXT = {("/why_lens", "target_v"), ("/why_attribution", "target_v"), ("
                  ("/embeddings_neighbours", "text"), ("/embeddings_projection", "text")}
 # Endpoints whose outputs show the prompt's notices (cut, control characters, surrogates, EOT).
 NOTICE_ENDPOINTS = {"/tokenizer_breakdown", "/attention_view", "/layernorm_view", "/gelu_view",
-                    "/sampling_distribution", "/generate"}
+                    "/sampling_distribution", "/generate", "/precision_view"}
 # Training is 10+ steps; after a bad /train input the check that the app still works uses this instead,
 # and test_train_still_trains_after_the_battery trains once at the end.
 SLOW_ENDPOINTS = {"/train": "/tokenizer_breakdown", "/train_use": "/tokenizer_breakdown",

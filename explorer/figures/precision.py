@@ -54,8 +54,10 @@ def error_bars(precisions: list[str], max_logit, agreement, max_attention, where
                              hovertemplate=f"%{{x}}: {fmt}<br>%{{customdata[0]}}<extra></extra>"),
                       row=1, col=col)
         fig.update_xaxes(type="category", row=1, col=col)
-    fig.update_yaxes(rangemode="tozero")
-    fig.update_yaxes(range=[0, 1.05], tickformat=".0%", row=1, col=2)
+    for col, values in ((1, max_logit), (3, max_attention)):   # room above the tallest bar for its label
+        top = max((float(v) for v in values), default=0.0)
+        fig.update_yaxes(range=[0, top * 1.2 or 1], row=1, col=col)
+    fig.update_yaxes(range=[0, 1.15], tickformat=".0%", row=1, col=2)
     return style(fig, "What rounding changed, against fp32", height=340)
 
 
