@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explorer.compute.gelu import (NEAR_ZERO, clipped_histogram, curves_summary, gelu_curves, gelu_stats,
-                                   histogram_edges, layer_summary, nice_ceil)
+from explorer.compute.gelu import (NEAR_ZERO, abs_quantile, clipped_histogram, clipped_histograms, curves_summary,
+                                   gelu_curves, gelu_stats, histogram_edges, layer_summary, nice_ceil)
 from explorer.figures.gelu import all_layers_heatmap, curves_figure, layer_histogram, shares_bars
 from explorer.inputs import prepare_prompt
 from gpt2core import GPT2, get_config
@@ -76,6 +76,52 @@ def test_clipped_histogram_keeps_every_value():
     assert list(counts) == [2, 4] and outside == 2
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 50_000, 300_001])
+def test_abs_quantile_of_a_tensor_is_numpys(n):
+    values = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 3
+    for q in (0.5, 0.9, 0.999, 1.0):
+        assert abs_quantile(values, q) == pytest.approx(float(np.quantile(np.abs(values.numpy()), q)), rel=1e-6)
+    assert histogram_edges(values)[-1] == histogram_edges(values.numpy())[-1]
+
+
+def test_abs_quantile_when_the_sampled_threshold_is_too_high(monkeypatch):
+    # The large values sit only where the strided sample looks (every 15th of 10^6): the guessed threshold
+    # leaves fewer values above it than the quantile needs, and a top-k of every value decides.
+    values = torch.zeros(1_000_000)
+    values[::15] = torch.arange(1, 66_668, dtype=torch.float32)
+    sizes, topk = [], torch.topk
+    monkeypatch.setattr(torch, "topk", lambda t, k, *a, **kw: sizes.append(t.numel()) or topk(t, k, *a, **kw))
+    assert abs_quantile(values, 0.999) == pytest.approx(float(np.quantile(values.numpy(), 0.999)))
+    assert sizes == [values.numel()]
+    sizes.clear()
+    assert abs_quantile(torch.randn(1_000_000, generator=torch.Generator().manual_seed(0)), 0.999) > 0
+    assert sizes and max(sizes) < 100_000      # the usual case: a top-k of the few above the threshold
+
+
+@pytest.mark.parametrize("r", [2.0, 1.5, 0.3, 40.0])
+def test_clipped_histograms_match_numpy(r):
+    """The torch counts against np.histogram of the clipped values: the same for random values, for the
+    exact (and negative) zeros and tiny negatives GELU makes, for ±r itself and for values beyond it."""
+    g = torch.Generator().manual_seed(int(r * 10))
+    special = [0.0, -0.0, -1e-30, 1e-30, -3e-7, -2 * r, 3 * r]
+    if float(np.float32(r)) == r:   # edges that float32 holds: ±r and ±r/2 themselves (0.3's are the documented
+        special += [-r, r, r / 2, -r / 2]    # case of a value within a rounding step of an edge)
+    special = torch.tensor(special, dtype=torch.float32)
+    # (T, 4d)-shaped like the captured tensors, each with the special values among random ones
+    tensors = [torch.cat([torch.randn(4000 - len(special), generator=g) * r * k, special]).reshape(40, 100)
+               for k in (0.5, 1, 3)]
+    edges = np.linspace(-r, r, 81)
+    counts, outside = clipped_histograms(tensors, r, 80)
+    assert counts.shape == (len(tensors), 80) and counts.dtype == np.int64
+    for t, c, o in zip(tensors, counts, outside):
+        expected, expected_outside = clipped_histogram(t.numpy().ravel(), edges)
+        np.testing.assert_array_equal(c, expected)
+        assert o == expected_outside and c.sum() == t.numel()
+    # the exact zeros and the tiny negatives: either side of the middle edge
+    c, _ = clipped_histograms([torch.tensor([0.0, -0.0, 0.0, -1e-30, -3e-7])], r, 80)
+    assert c[0, 40] == 3 and c[0, 39] == 2 and c.sum() == 5
+
+
 def test_gelu_stats_match_a_direct_computation(model):
     ids = prepare_prompt(PROMPT).ids
     stats = gelu_stats(model, ids)
@@ -92,6 +138,19 @@ def test_gelu_stats_match_a_direct_computation(model):
         assert np.abs(stats.pre_counts[i] - expected).sum() <= 4
         assert stats.pre_outside[i] == np.count_nonzero(np.abs(pre[i]) > hi)
     np.testing.assert_allclose(stats.neg_share, (pre < 0).mean(axis=(1, 2)), atol=2 / (T * n))
+    # from the captured tensors themselves (the reference above rebuilds them, to float rounding): exact
+    _, cache = model.run_with_cache(ids, names=["blocks.*.mlp.hook_pre", "blocks.*.mlp.hook_post"])
+    cap_pre = cache.stack("blocks.{}.mlp.hook_pre", L).numpy()
+    cap_post = cache.stack("blocks.{}.mlp.hook_post", L).numpy()
+    np.testing.assert_array_equal(stats.edges, histogram_edges(cap_pre))
+    np.testing.assert_array_equal(stats.neg_share, (cap_pre < 0).mean(axis=(1, 2)))
+    np.testing.assert_array_equal(stats.zero_share, (np.abs(cap_post) < NEAR_ZERO).mean(axis=(1, 2)))
+    for i in range(L):
+        for captured, counts, outside in ((cap_pre, stats.pre_counts, stats.pre_outside),
+                                          (cap_post, stats.post_counts, stats.post_outside)):
+            expected, expected_outside = clipped_histogram(captured[i].ravel(), stats.edges)
+            assert np.abs(counts[i] - expected).sum() <= 2     # float32 rounding at an edge other than 0
+            assert outside[i] == expected_outside
     np.testing.assert_allclose(stats.zero_share, (np.abs(post) < NEAR_ZERO).mean(axis=(1, 2)), atol=2 / (T * n))
     assert stats.threshold == NEAR_ZERO
     text = layer_summary(stats, 1)
@@ -126,6 +185,13 @@ def test_all_layers_heatmap():
     assert np.asarray(fig.data[0].z).shape == (2, 4) and list(fig.data[0].y) == ["L0", "L1"]
     np.testing.assert_allclose(np.asarray(fig.data[1].z).sum(1), [1, 1])
     assert fig.data[0].zmax == 1
+    # two panels side by side on one layer axis, each titled
+    lay = fig.layout
+    assert [(t.xaxis, t.yaxis) for t in fig.data] == [("x", "y"), ("x2", "y2")]
+    assert lay.xaxis.domain[1] < lay.xaxis2.domain[0] and lay.yaxis2.matches == "y"
+    assert lay.yaxis.autorange == lay.yaxis2.autorange == "reversed"
+    assert [a.text for a in lay.annotations] == ["GELU inputs", "GELU outputs"]
+    assert [t.showscale for t in fig.data] == [False, True]
 
 
 def test_shares_bars():

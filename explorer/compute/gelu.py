@@ -68,20 +68,85 @@ def nice_ceil(value: float) -> float:
     return 10 * base
 
 
-def histogram_edges(values: np.ndarray, n_bins: int = N_BINS, quantile: float = RANGE_QUANTILE) -> np.ndarray:
-    """Symmetric bin edges around 0 (0 is an edge), wide enough for all but the rarest values."""
+def abs_quantile(values, q: float) -> float:
+    """np.quantile(np.abs(values), q) (its default, linear interpolation), exactly, for a numpy array or a
+    tensor. On a tensor without a sort of every value: the two order statistics the interpolation reads
+    are among the largest few, found above a threshold guessed from a strided sample and checked by count
+    (a full top-k when the guess was too high)."""
+    if isinstance(values, np.ndarray):
+        return float(np.quantile(np.abs(values), q)) if values.size else math.nan
+    a = values.detach().reshape(-1).abs()
+    n = a.numel()
+    if n == 0:
+        return math.nan
+    pos = (n - 1) * q
+    k = min(int(math.floor(pos)), n - 1)        # the interpolation reads sorted[k] and sorted[k + 1]
+    frac = pos - k
+    need = n - k                                 # sorted[k:] are the `need` largest values
+    top = None
+    if need * 8 < n:
+        step = max(1, n // 65_536)
+        sample = a[::step]
+        rank = max(1, int(sample.numel() * (1 - 4 * need / n)))    # 4x the share needed, for margin
+        threshold = torch.kthvalue(sample, rank).values
+        above = a[a >= threshold]
+        if above.numel() >= need:
+            top = torch.topk(above, need).values      # descending
+    if top is None:
+        top = torch.topk(a, need).values         # descending
+    lo_v = float(top[need - 1])
+    hi_v = float(top[need - 2]) if need >= 2 else lo_v
+    # numpy's _lerp: a + (b - a) * t, and b - (b - a) * (1 - t) for t >= 0.5
+    diff = hi_v - lo_v
+    return hi_v - diff * (1 - frac) if frac >= 0.5 else lo_v + diff * frac
+
+
+def histogram_edges(values, n_bins: int = N_BINS, quantile: float = RANGE_QUANTILE) -> np.ndarray:
+    """Symmetric bin edges around 0 (0 is an edge), wide enough for all but the rarest values.
+    ``values``: a numpy array or a tensor (any shape)."""
     if n_bins % 2:
         raise ValueError("n_bins must be even so that 0 is a bin edge")
-    r = nice_ceil(float(np.quantile(np.abs(values), quantile)) if values.size else 1.0)
+    size = values.size if isinstance(values, np.ndarray) else values.numel()
+    r = nice_ceil(abs_quantile(values, quantile) if size else 1.0)
     return np.linspace(-r, r, n_bins + 1)
 
 
 def clipped_histogram(values: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, int]:
-    """Counts per bin, values outside the edges put in the end bins; also how many were outside."""
+    """Counts per bin, values outside the edges put in the end bins; also how many were outside.
+    The plain numpy reference (gelu_stats counts with ``clipped_histograms``, which gives the same)."""
     lo, hi = edges[0], edges[-1]
     outside = int(np.count_nonzero((values < lo) | (values > hi)))
     counts, _ = np.histogram(np.clip(values, lo, hi), bins=edges)
     return counts.astype(np.int64), outside
+
+
+def clipped_histograms(tensors, r: float, n_bins: int = N_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """``clipped_histogram`` of each tensor with the edges np.linspace(-r, r, n_bins + 1), in torch.
+
+    Scaled by (n/2) / r, the edges are the whole numbers -n/2..n/2 and a value's bin is floor(x · (n/2) / r)
+    + n/2: a few elementwise passes and a bincount, not numpy's per-value search (at 128 tokens on GPT-2
+    124M, about 25 ms for all 24 tensors against numpy's 420). Two more bins, one each side, catch the values
+    beyond ±r. The product is rounded to float32: 0 stays an exact edge (a negative value stays negative,
+    so the exact zeros GELU makes of large negative inputs sit in the first bin at or above 0, as in
+    numpy), while a value within a float32 rounding step of another edge may land in the bin next to
+    numpy's. Returns counts (N, n_bins) and outside (N,), the values beyond ±r (counted in the end bins)."""
+    half = n_bins // 2
+    scale = half / r
+    counts, outside = [], []
+    for t in tensors:
+        y = t.detach().reshape(-1) * scale      # float32 (a scalar does not promote it)
+        at_r = int(torch.count_nonzero(y == half))   # x = +r: in the last bin, and not beyond
+        # bins -n/2-1 (below -r), -n/2..n/2-1, and n/2 (at or above +r), shifted to start at 0
+        c = torch.bincount(y.clamp_(-half - 1, half).floor_().add_(half + 1).to(torch.int32),
+                           minlength=n_bins + 2)
+        c = to_numpy(c).astype(np.int64)
+        outside.append(int(c[0]) + int(c[-1]) - at_r)
+        c[1] += c[0]
+        c[-2] += c[-1]
+        counts.append(c[1:-1])
+    if not counts:
+        return np.zeros((0, n_bins), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.stack(counts), np.array(outside, dtype=np.int64)
 
 
 @dataclass
@@ -104,21 +169,27 @@ class GeluStats:
 
 
 def gelu_stats(model: GPT2, ids: list[int], threshold: float = NEAR_ZERO, n_bins: int = N_BINS) -> GeluStats:
-    """One forward pass capturing only the GELU inputs/outputs; histograms and shares per layer."""
+    """One forward pass capturing only the GELU inputs/outputs; histograms and shares per layer, counted in
+    torch on the captured tensors (no stacked copy, no Python loop over values)."""
+    if n_bins % 2:
+        raise ValueError("n_bins must be even so that 0 is a bin edge")
     n_layer = model.config.n_layer
     _, cache = model.run_with_cache(list(ids), names=["blocks.*.mlp.hook_pre", "blocks.*.mlp.hook_post"],
                                     last_only=True)   # the view draws no logits
-    pre = to_numpy(cache.stack("blocks.{}.mlp.hook_pre", n_layer))     # (L, T, 4d)
-    post = to_numpy(cache.stack("blocks.{}.mlp.hook_post", n_layer))   # (L, T, 4d)
-    edges = histogram_edges(pre, n_bins)
-    pre_hist = [clipped_histogram(pre[i].ravel(), edges) for i in range(n_layer)]
-    post_hist = [clipped_histogram(post[i].ravel(), edges) for i in range(n_layer)]
-    return GeluStats(
-        edges=edges,
-        pre_counts=np.stack([h[0] for h in pre_hist]), post_counts=np.stack([h[0] for h in post_hist]),
-        pre_outside=np.array([h[1] for h in pre_hist]), post_outside=np.array([h[1] for h in post_hist]),
-        neg_share=(pre < 0).mean(axis=(1, 2)), zero_share=(np.abs(post) < threshold).mean(axis=(1, 2)),
-        threshold=threshold, n_tokens=pre.shape[1], n_neurons=pre.shape[2])
+    pres = [cache[f"blocks.{i}.mlp.hook_pre"] for i in range(n_layer)]     # each (T, 4d)
+    posts = [cache[f"blocks.{i}.mlp.hook_post"] for i in range(n_layer)]
+    n_tokens, n_neurons = pres[0].shape
+    edges = histogram_edges(torch.cat([p.reshape(-1) for p in pres]), n_bins)
+    r = float(edges[-1])
+    pre_counts, pre_outside = clipped_histograms(pres, r, n_bins)
+    post_counts, post_outside = clipped_histograms(posts, r, n_bins)
+    n_values = n_tokens * n_neurons
+    # 0 is the middle edge: the bins below it hold exactly the negative inputs.
+    neg_share = pre_counts[:, :n_bins // 2].sum(1) / n_values
+    zero_share = np.array([int((p.abs() < threshold).sum()) for p in posts]) / n_values
+    return GeluStats(edges=edges, pre_counts=pre_counts, post_counts=post_counts, pre_outside=pre_outside,
+                     post_outside=post_outside, neg_share=neg_share, zero_share=zero_share,
+                     threshold=threshold, n_tokens=int(n_tokens), n_neurons=int(n_neurons))
 
 
 def layer_summary(stats: GeluStats, layer: int) -> str:
