@@ -91,6 +91,12 @@ def test_precision_tab_shows_a_swapped_token(page):
     page.wait_for_timeout(800)
     no_error_toast(page)
     panel.screenshot(path=str(ARTIFACTS / "precision-tab.png"))
+    # drawn once, the view follows the prompt on Shift+Enter
+    from explorer.inputs import prepare_prompt
+    page.locator("#prompt textarea").fill(EXAMPLES[3])
+    page.locator("#prompt textarea").press("Shift+Enter")
+    summary.get_by_text(f"The prompt's {len(prepare_prompt(EXAMPLES[3]).ids)} tokens").wait_for(timeout=60_000)
+    no_error_toast(page)
     assert not page.errors, page.errors
 
 

@@ -114,8 +114,8 @@ def status_markdown(report: core.ErrorReport, precision: str, what: str, units: 
     naming the prompt), and, where the CPU has no bf16 units, that the mode won't be faster."""
     text = (f"**Precision:** {precision} matrix products (LayerNorm, softmax, GELU and the residual stream "
             f"stay fp32). Against fp32 on {what} ({report.n_tokens} tokens): max |Δ logit| "
-            f"**{report.max_logit_delta:.3g}**, top-1 agreement **{report.top1_agreement:.1%}**, "
-            f"max |Δ attention weight| **{report.max_attention_delta:.3g}**.")
+            f"**{report.max_logit_delta:#.3g}**, top-1 agreement **{report.top1_agreement:.1%}**, "
+            f"max |Δ attention weight| **{report.max_attention_delta:#.3g}**.")
     if units is not None and precision == "bf16":
         has_units, reason = units
         text += (f" ⚡ {reason}" if has_units else f" ⚠️ This CPU has no bf16 matrix units, so bf16 won't be "
