@@ -18,19 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import backend
 from .devices import device_of
 
 REFERENCE = "fp32"
 PATTERN_HOOKS = "*attn.hook_pattern"
 
 
-def _backend():
-    from . import backend   # the lead's module: imported when used, so this file imports without it
-    return backend
-
-
 def precisions() -> tuple[str, ...]:
-    return tuple(_backend().PRECISIONS)
+    return tuple(backend.PRECISIONS)
 
 
 @dataclass
@@ -70,7 +66,6 @@ def _check(model, precision: str) -> None:
 
 def _run(model, ids, precision: str) -> _Raw:
     """One full-capture forward of the prompt (T,) in this precision: all logits, every attention pattern."""
-    backend = _backend()
     device = device_of(model)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with backend.precision(precision):
@@ -114,7 +109,6 @@ def compare(model, ids, precisions=None, top_k: int = 5) -> list[PrecisionRun]:
     """The prompt ``ids`` (T,) once per precision, fp32 first (the reference; it is run even when not
     asked for, and listed first): each one's top-k next tokens, its error against fp32, its weight bytes
     and its run time."""
-    backend = _backend()
     wanted = list(backend.PRECISIONS if precisions is None else precisions)
     for p in wanted:
         _check(model, p)
