@@ -1,4 +1,5 @@
 import html
+import math
 import re
 
 import pytest
@@ -109,7 +110,7 @@ def test_generate_endpoint_streams_and_is_deterministic(client, registry):
     model = registry.get(registry.default).model
     expected = generate(model, prepare_prompt(PROMPT).ids, 12, temperature=0.9, top_k=40, seed=3)
     assert visible_text(markup).startswith(PROMPT + decode(expected))
-    assert len(outputs) >= 3                           # the first (empty) view, tokens, the final view
+    assert len(outputs) >= 2      # the first (empty) view, the final view; between them as time passes
     assert markup.count('<span style="background:') == len(expected)
     fig = plot_json(plot)
     assert len(fig["data"][0]["y"]) == len(expected)
@@ -118,6 +119,47 @@ def test_generate_endpoint_streams_and_is_deterministic(client, registry):
     assert again == markup and again_info == info
     (_, other, _, _), _ = run_generate(client, PROMPT, 0.9, 40, 1.0, 12, 4, registry.default)
     assert other != markup
+
+
+SPAN = re.compile(r'<span style="background:.*?</span>', re.DOTALL)
+
+
+class FakeClock:
+    """Stands in for the tab's ``time``: each generated token takes ``per_token`` seconds."""
+
+    def __init__(self, per_token: float):
+        self.now, self.per_token = 1000.0, per_token
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_generate_stream_batches_tokens_per_update(client, registry, monkeypatch):
+    """Updates go out at most every UPDATE_EVERY seconds of generation, each with every token made so far,
+    fewer updates than tokens; the last is complete and is the unstreamed generation's view."""
+    from explorer.tabs import generate_tab
+    clock, real = FakeClock(0.03), generate_tab.generate_tokens
+
+    def timed(*args, **kwargs):
+        for t in real(*args, **kwargs):
+            clock.now += clock.per_token
+            yield t
+
+    monkeypatch.setattr(generate_tab, "time", clock)
+    monkeypatch.setattr(generate_tab, "generate_tokens", timed)
+    n = 20
+    (_, markup, plot, info), outputs = run_generate(client, PROMPT, 0.9, 40, 1.0, n, 3, registry.default)
+    prompt = prepare_prompt(PROMPT)
+    tokens = list(real(registry.get(registry.default).model, prompt.ids, n, 0.9, 40, 1.0, 3))
+    assert len(tokens) == n       # no end-of-text in these 20 (else the counts below would differ)
+    assert markup == tokens_html(prompt.text, tokens)
+    assert f"**{n}** new tokens" in info and len(plot_json(plot)["data"][0]["y"]) == n
+    every = math.ceil(generate_tab.UPDATE_EVERY / clock.per_token)      # tokens per update: 3
+    counts = [len(SPAN.findall(o[1])) for o in outputs]
+    assert counts == [0, *range(every, n, every), n] and len(outputs) < n
+    final = SPAN.findall(markup)
+    for o, k in zip(outputs[1:-1], counts[1:-1]):
+        assert SPAN.findall(o[1]) == final[:k] and f"generating… {k}/{n}" in o[1]
 
 
 def test_generate_greedy_ignores_the_seed(client, registry):

@@ -1,6 +1,7 @@
 """Generate tab views: the text with each new token coloured by its probability, and a probability line."""
 from __future__ import annotations
 
+import functools
 import html
 import math
 
@@ -53,6 +54,7 @@ def tooltip(label: str, prob: float, sampled_prob: float, alternatives) -> str:
     return "\n".join(lines)
 
 
+@functools.cache
 def legend_html() -> str:
     stops = ", ".join(f"{prob_color(10 ** (LOG10_MIN * (1 - i / 10)))} {i * 10}%" for i in range(11))
     ticks = "".join(
@@ -66,27 +68,34 @@ def legend_html() -> str:
             '<span style="color:#666">(log scale; hover a token for its alternatives)</span></div>')
 
 
-def tokens_html(prompt_text: str, tokens, status: str = "") -> str:
-    """The prompt in plain text, then each new token on a background coloured by its probability.
+def token_span(t) -> str:
+    """One new token on a background coloured by its probability, its alternatives in the tooltip.
 
-    ``tokens`` are objects with text, label, prob, sampled_prob, alternatives and is_eot
-    (explorer.compute.generation.GeneratedToken). No scripts, only inline styles.
-    """
-    spans = []
-    for t in tokens:
-        style_ = (f"background:{prob_color(t.prob)};color:{text_color(t.prob)};border-radius:3px;"
-                  "padding:1px 0;box-shadow:inset -1px 0 0 rgba(255,255,255,0.7)")   # a hairline between tokens
-        text = t.text
-        if t.is_eot:
-            style_ += ";font-style:italic;outline:1px dashed #888"
-        title = esc(tooltip(t.label, t.prob, t.sampled_prob, t.alternatives)).replace("\n", "&#10;")
-        spans.append(f'<span style="{style_}" title="{title}">{esc(text)}</span>')
+    ``t`` has text, label, prob, sampled_prob, alternatives and is_eot
+    (explorer.compute.generation.GeneratedToken). A streamed view makes each token's span once."""
+    style_ = (f"background:{prob_color(t.prob)};color:{text_color(t.prob)};border-radius:3px;"
+              "padding:1px 0;box-shadow:inset -1px 0 0 rgba(255,255,255,0.7)")   # a hairline between tokens
+    if t.is_eot:
+        style_ += ";font-style:italic;outline:1px dashed #888"
+    title = esc(tooltip(t.label, t.prob, t.sampled_prob, t.alternatives)).replace("\n", "&#10;")
+    return f'<span style="{style_}" title="{title}">{esc(t.text)}</span>'
+
+
+def text_html(prompt_text: str, spans: list[str], status: str = "") -> str:
+    """The prompt in plain text, then the new tokens' spans (``token_span``), a status line and the legend.
+    No scripts, only inline styles."""
     status_html = f'<div style="font-size:12px;color:#666;margin-top:6px">{esc(status)}</div>' if status else ""
     return ('<div class="generate-output">'
             '<div style="white-space:pre-wrap;word-break:break-word;line-height:1.9;font-size:15px;'
             'padding:10px;border:1px solid #ddd;border-radius:6px">'
             f'<span style="color:#444">{esc(prompt_text)}</span>{"".join(spans)}</div>'
             f"{status_html}{legend_html()}</div>")
+
+
+def tokens_html(prompt_text: str, tokens, status: str = "") -> str:
+    """The prompt in plain text, then each new token on a background coloured by its probability
+    (``token_span``; ``tokens`` are explorer.compute.generation.GeneratedToken)."""
+    return text_html(prompt_text, [token_span(t) for t in tokens], status)
 
 
 def probability_line(labels: list[str], probs, sampled_probs) -> go.Figure:
