@@ -32,7 +32,7 @@ TIME_LIMIT = 60          # seconds; a generation stops here even if it has not r
 # While streaming, the text is sent at most every UPDATE_EVERY seconds of generation, with every token
 # made since the last update (and always in full at the end): each update costs gradio a redraw and a
 # send, which made the app's stream about half the speed of the raw decode when it went token by token.
-UPDATE_EVERY = 0.08
+UPDATE_EVERY = 0.1
 PLOT_EVERY = 10          # an update redraws the probability line once this many tokens have come since
 
 
