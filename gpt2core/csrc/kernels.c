@@ -19,6 +19,7 @@
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -49,8 +50,12 @@ static void barrier_wait(Barrier *b, int n_threads, int *local_sense) {
         atomic_store_explicit(&b->count, 0, memory_order_relaxed);
         atomic_store_explicit(&b->sense, s, memory_order_release);
     } else {
-        while (atomic_load_explicit(&b->sense, memory_order_acquire) != s)
-            CPU_RELAX();
+        /* Spin, then yield: with another busy process on the machine, the thread we wait for may have lost
+         * its core, and spinning on ours would keep it off for a whole time slice at each barrier. */
+        for (int spins = 0; atomic_load_explicit(&b->sense, memory_order_acquire) != s; spins++) {
+            if (spins < 4096) CPU_RELAX();
+            else sched_yield();
+        }
     }
 }
 
