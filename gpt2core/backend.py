@@ -201,8 +201,7 @@ def choose(op: str, shape: str, native_fn: Callable[[], object], torch_fn: Calla
                 with hooks.suspended():   # timing runs record nothing and call no editing hook
                     times = _time({"native": native_fn, "torch": torch_fn})
                 use = "native" if times["native"] < times["torch"] else "torch"
-                entry = _choices[key] = {"use": use, "native_ms": round(times["native"] * 1e3, 4),
-                                         "torch_ms": round(times["torch"] * 1e3, 4)}
+                entry = _choices[key] = {"use": use, "native_ms": times["native"] * 1e3, "torch_ms": times["torch"] * 1e3}
                 _save_choices()
     return entry["use"]
 

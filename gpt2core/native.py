@@ -102,6 +102,8 @@ def _build() -> ctypes.CDLL:
     lib.gpt2_linear_packed.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     lib.gpt2_pack_weight.restype = None
     lib.gpt2_pack_weight.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    lib.gpt2_panel_width.restype = ctypes.c_int64
+    lib.gpt2_panel_width.argtypes = []
     lib.gpt2_packed_floats.restype = ctypes.c_int64
     lib.gpt2_packed_floats.argtypes = [ctypes.c_int64] * 2
     lib.gpt2_layer_norm.restype = None
@@ -257,15 +259,21 @@ def attention(qkv: torch.Tensor, n_head: int, scores: bool = False, pattern: boo
     return z, sc, pt
 
 
+def panel_width() -> int:
+    """Columns per panel of a packed weight: 32 where the build has AVX-512, else 16 (csrc/kernels.c)."""
+    return int(_require().gpt2_panel_width())
+
+
 def pack(w: torch.Tensor) -> torch.Tensor:
-    """w (K, N) as the product kernel reads it: ceil(N / 16) panels of (K, 16), each contiguous, the
+    """w (K, N) as the product kernel reads it: ceil(N / P) panels of (K, P), each contiguous, the
     columns past N zero. A copy (as large as w), worth keeping while w is unchanged: model.Linear does."""
     lib = _require()
     if w.dim() != 2:
         raise ValueError(f"pack wants w (K, N); got {tuple(w.shape)}")
     w = w.contiguous().float()
     K, N = w.shape
-    packed = torch.empty(lib.gpt2_packed_floats(K, N)).view(-1, K, 16)      # (panels, K, 16)
+    P = panel_width()
+    packed = torch.empty(lib.gpt2_packed_floats(K, N)).view(-1, K, P)       # (panels, K, P)
     lib.gpt2_pack_weight(w.data_ptr(), K, N, packed.data_ptr(), threads())
     return packed
 
@@ -285,7 +293,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, n_th
         return matvec(x[0], w, b, n_threads).unsqueeze(0)
     if packed is None:
         packed = pack(w)
-    elif packed.shape != ((N + 15) // 16, K, 16) or not packed.is_contiguous():
+    elif packed.shape != ((N + panel_width() - 1) // panel_width(), K, panel_width()) or not packed.is_contiguous():
         raise ValueError(f"packed has shape {tuple(packed.shape)}, not that of pack(w) for w {tuple(w.shape)}")
     y = torch.empty(x.shape[0], N)
     if lib.gpt2_linear_packed(x.data_ptr(), packed.data_ptr(), None if b is None else b.data_ptr(), y.data_ptr(),

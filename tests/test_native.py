@@ -53,23 +53,27 @@ def test_linear_matches_torch(M, K, N, n_threads, bias):
     y = native.linear(x, w, b if bias else None, n_threads=n_threads)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
     packed = native.pack(w)
-    assert packed.shape == ((N + 15) // 16, K, 16)
+    P = native.panel_width()
+    assert packed.shape == ((N + P - 1) // P, K, P)
     assert torch.equal(native.linear(x, w, b if bias else None, n_threads=n_threads, packed=packed), y)
 
 
-def test_pack_lays_out_16_column_panels_zero_padded():
-    w = torch.arange(3 * 20, dtype=torch.float32).view(3, 20)
+def test_pack_lays_out_column_panels_zero_padded():
+    P = native.panel_width()
+    flags = native.cpu_signature().split()
+    assert P == (32 if "avx512f" in flags else 16)   # the build is -march=native
+    w = torch.arange(3 * (P + 4), dtype=torch.float32).view(3, P + 4)
     packed = native.pack(w)
-    assert packed.shape == (2, 3, 16)
-    assert torch.equal(packed[0], w[:, :16])
-    assert torch.equal(packed[1, :, :4], w[:, 16:]) and not packed[1, :, 4:].any()
+    assert packed.shape == (2, 3, P)
+    assert torch.equal(packed[0], w[:, :P])
+    assert torch.equal(packed[1, :, :4], w[:, P:]) and not packed[1, :, 4:].any()
 
 
 def test_linear_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="linear wants"):
         native.linear(torch.ones(2, 3), torch.ones(4, 5))
     with pytest.raises(ValueError, match="not that of pack"):
-        native.linear(torch.ones(2, 4), torch.ones(4, 5), packed=native.pack(torch.ones(4, 17)))
+        native.linear(torch.ones(2, 4), torch.ones(4, 5), packed=native.pack(torch.ones(4, native.panel_width() + 1)))
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 64), (2, 5, 36), (3, 768)])

@@ -386,25 +386,81 @@ static void gemm_tile(int mr, const float *Xp, int64_t kc, const float *W, int64
     }
 }
 
-/* W (K, N) as ceil(N / 16) panels, each (K, 16) and contiguous, with the columns past N zero: the
+/* The prompt products read W in panels PW columns wide. With AVX-512, 32: a 6 x 32 block of Y in twelve
+ * 16-wide registers, one broadcast of X per two 16-wide multiply-adds (where the 16-wide block needs
+ * one per one), which is what lets a CPU with two 512-bit FMA units (Intel's) run near its peak.
+ * Without it, 16: the block above. Which is faster than torch's own product on a machine is measured
+ * there (gpt2core.backend), not assumed. */
+#if defined(__AVX512F__)
+#define PW 32
+typedef float v16f __attribute__((vector_size(64), aligned(4)));
+
+static inline __attribute__((always_inline)) void gemm_block_wide(int mr, const float *restrict Xp, int64_t kc,
+                                                                   const float *restrict W, int64_t ldw,
+                                                                   const float *restrict b, int first,
+                                                                   float *restrict Y, int64_t ldy) {
+    v16f acc[MR][2];
+    if (first) {
+        v16f b0 = {0}, b1 = {0};
+        if (b) { b0 = *(const v16f *)b; b1 = *(const v16f *)(b + 16); }
+        for (int r = 0; r < mr; r++) { acc[r][0] = b0; acc[r][1] = b1; }
+    } else {
+        for (int r = 0; r < mr; r++) { acc[r][0] = *(v16f *)(Y + r * ldy); acc[r][1] = *(v16f *)(Y + r * ldy + 16); }
+    }
+    for (int64_t k = 0; k < kc; k++) {
+        const v16f w0 = *(const v16f *)(W + k * ldw), w1 = *(const v16f *)(W + k * ldw + 16);
+        for (int r = 0; r < mr; r++) {
+            const float xv = Xp[k * MR + r];
+            acc[r][0] += xv * w0;
+            acc[r][1] += xv * w1;
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        *(v16f *)(Y + r * ldy) = acc[r][0];
+        *(v16f *)(Y + r * ldy + 16) = acc[r][1];
+    }
+}
+
+static void gemm_tile_wide(int mr, const float *Xp, int64_t kc, const float *W, int64_t ldw, const float *b,
+                           int first, float *Y, int64_t ldy) {
+    switch (mr) {
+        case 6: gemm_block_wide(6, Xp, kc, W, ldw, b, first, Y, ldy); break;
+        case 5: gemm_block_wide(5, Xp, kc, W, ldw, b, first, Y, ldy); break;
+        case 4: gemm_block_wide(4, Xp, kc, W, ldw, b, first, Y, ldy); break;
+        case 3: gemm_block_wide(3, Xp, kc, W, ldw, b, first, Y, ldy); break;
+        case 2: gemm_block_wide(2, Xp, kc, W, ldw, b, first, Y, ldy); break;
+        default: gemm_block_wide(1, Xp, kc, W, ldw, b, first, Y, ldy); break;
+    }
+}
+#else
+#define PW NR
+#define gemm_tile_wide gemm_tile
+#endif
+
+/* k values per block of a product: a panel's block (LKC x PW floats, 16 KiB) stays in L1. */
+#define LKC (KC * NR / PW)
+
+int64_t gpt2_panel_width(void) { return PW; }
+
+/* W (K, N) as ceil(N / PW) panels, each (K, PW) and contiguous, with the columns past N zero: the
  * kernel then reads a panel as one stream. Rows of W are N floats apart (201 KB for the head), so a
  * panel read in place is a separate miss for each 64-byte piece, and the 3072 rows of the MLP's
  * projection, 3 KiB apart, crowd into a few cache sets. Weights are constant between edits, so
  * gpt2core.model.Linear packs each once and keeps the copy (bench/RESULTS.md: packing inside every
  * product cost 6-11% of its time at 256 rows). Copied 64 panels at a time: 4 KiB of each row in,
  * 64 streams out, where a whole row at once would write to thousands of pages. */
-int64_t gpt2_packed_floats(int64_t K, int64_t N) { return (N + NR - 1) / NR * K * NR; }
+int64_t gpt2_packed_floats(int64_t K, int64_t N) { return (N + PW - 1) / PW * K * PW; }
 
 void gpt2_pack_weight(const float *W, int64_t K, int64_t N, float *P, int threads) {
-    const int64_t panels = (N + NR - 1) / NR, group = 64;
+    const int64_t panels = (N + PW - 1) / PW, group = 64;
     #pragma omp parallel for num_threads(threads < 1 ? 1 : threads) schedule(static)
     for (int64_t g0 = 0; g0 < panels; g0 += group)
         for (int64_t k = 0; k < K; k++)
             for (int64_t p = g0; p < panels && p < g0 + group; p++) {
-                const int64_t n0 = p * NR, cols = N - n0 < NR ? N - n0 : NR;
-                float *dst = P + (p * K + k) * NR;
+                const int64_t n0 = p * PW, cols = N - n0 < PW ? N - n0 : PW;
+                float *dst = P + (p * K + k) * PW;
                 memcpy(dst, W + k * N + n0, (size_t)cols * sizeof(float));
-                for (int64_t c = cols; c < NR; c++) dst[c] = 0.0f;
+                for (int64_t c = cols; c < PW; c++) dst[c] = 0.0f;
             }
 }
 
@@ -413,20 +469,20 @@ void gpt2_pack_weight(const float *W, int64_t K, int64_t N, float *P, int thread
  * Returns 0, or -1 if the buffer for packed X could not be allocated. */
 int gpt2_linear_packed(const float *X, const float *P, const float *b, float *Y, int64_t M, int64_t K,
                        int64_t N, int threads) {
-    const int64_t panels = (N + NR - 1) / NR;
-    const int64_t blocks = (M + MR - 1) / MR, n_kb = (K + KC - 1) / KC;
+    const int64_t panels = (N + PW - 1) / PW;
+    const int64_t blocks = (M + MR - 1) / MR, n_kb = (K + LKC - 1) / LKC;
     if (threads < 1) threads = 1;
     /* X packed once for everyone: [k block][row block][k][MR]. Not zeroed: a tile reads only the rows
      * and the k of its block that are there (mr, kc), and zeroing 3 MB at 256 rows cost more than packing. */
-    float *Xp = malloc((size_t)(blocks * MR * n_kb * KC) * sizeof(float));
+    float *Xp = malloc((size_t)(blocks * MR * n_kb * LKC) * sizeof(float));
     if (!Xp) return -1;
     #pragma omp parallel num_threads(threads)
     {
         const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
         for (int64_t ib = tid; ib < blocks; ib += nt)
             for (int64_t kb = 0; kb < n_kb; kb++) {
-                float *dst = Xp + (kb * blocks + ib) * KC * MR;
-                const int64_t k0 = kb * KC, kc = K - k0 < KC ? K - k0 : KC;
+                float *dst = Xp + (kb * blocks + ib) * LKC * MR;
+                const int64_t k0 = kb * LKC, kc = K - k0 < LKC ? K - k0 : LKC;
                 for (int64_t r = 0; r < MR && ib * MR + r < M; r++) {
                     const float *src = X + (ib * MR + r) * K + k0;
                     for (int64_t k = 0; k < kc; k++) dst[k * MR + r] = src[k];
@@ -435,28 +491,28 @@ int gpt2_linear_packed(const float *X, const float *P, const float *b, float *Y,
         #pragma omp barrier
         const int64_t p0 = panels * tid / nt, p1 = panels * (tid + 1) / nt;
         for (int64_t p = p0; p < p1; p++) {
-            const int64_t n0 = p * NR;
-            const float *panel = P + p * K * NR;
-            if (N - n0 >= NR) {
+            const int64_t n0 = p * PW;
+            const float *panel = P + p * K * PW;
+            if (N - n0 >= PW) {
                 for (int64_t kb = 0; kb < n_kb; kb++) {
-                    const int64_t k0 = kb * KC, kc = K - k0 < KC ? K - k0 : KC;
+                    const int64_t k0 = kb * LKC, kc = K - k0 < LKC ? K - k0 : LKC;
                     for (int64_t ib = 0; ib < blocks; ib++)
-                        gemm_tile(M - ib * MR < MR ? (int)(M - ib * MR) : MR, Xp + (kb * blocks + ib) * KC * MR,
-                                  kc, panel + k0 * NR, NR, b ? b + n0 : NULL, kb == 0, Y + ib * MR * N + n0, N);
+                        gemm_tile_wide(M - ib * MR < MR ? (int)(M - ib * MR) : MR, Xp + (kb * blocks + ib) * LKC * MR,
+                                  kc, panel + k0 * PW, PW, b ? b + n0 : NULL, kb == 0, Y + ib * MR * N + n0, N);
                 }
             } else {   /* the last, partial panel: each tile in a local buffer, its valid columns copied */
                 const int64_t cols = N - n0;
-                float bias[NR] = {0}, tile[MR * NR];
+                float bias[PW] = {0}, tile[MR * PW];
                 if (b) memcpy(bias, b + n0, (size_t)cols * sizeof(float));
                 for (int64_t ib = 0; ib < blocks; ib++) {
                     const int mr = M - ib * MR < MR ? (int)(M - ib * MR) : MR;
                     for (int64_t kb = 0; kb < n_kb; kb++) {
-                        const int64_t k0 = kb * KC, kc = K - k0 < KC ? K - k0 : KC;
-                        gemm_tile(mr, Xp + (kb * blocks + ib) * KC * MR, kc, panel + k0 * NR, NR, bias, kb == 0,
-                                  tile, NR);
+                        const int64_t k0 = kb * LKC, kc = K - k0 < LKC ? K - k0 : LKC;
+                        gemm_tile_wide(mr, Xp + (kb * blocks + ib) * LKC * MR, kc, panel + k0 * PW, PW, bias, kb == 0,
+                                  tile, PW);
                     }
                     for (int r = 0; r < mr; r++)
-                        memcpy(Y + (ib * MR + r) * N + n0, tile + r * NR, (size_t)cols * sizeof(float));
+                        memcpy(Y + (ib * MR + r) * N + n0, tile + r * PW, (size_t)cols * sizeof(float));
                 }
             }
         }
