@@ -330,15 +330,28 @@ def _linear(module, reference, x: torch.Tensor) -> torch.Tensor:
     return run_native().view(*x.shape[:-1], module.out_features)                 # (..., out)
 
 
+def _bf16_weight(module) -> tuple[str, torch.Tensor]:
+    """The layer's weight in bfloat16, reordered once into oneDNN's blocked layout where torch offers it
+    (the layout its bf16 kernels read; 5-30% faster here than the plain (out, in) tensor), else plain."""
+    w = module.weight.detach().to(torch.bfloat16).contiguous()                    # (out, in)
+    if w.is_cpu and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        try:
+            return "onednn", torch.ops.mkldnn._reorder_linear_weight(w, 256)
+        except RuntimeError:
+            pass
+    return "plain", w
+
+
 def _bf16_linear(module, x: torch.Tensor) -> torch.Tensor:
     """Input and weight rounded to bfloat16, multiplied by torch (oneDNN, accumulating in fp32), the
     output rounded to bfloat16 and returned as fp32."""
-    w = packed(module.weight, "bf16", lambda: module.weight.detach().t().to(torch.bfloat16).contiguous())  # (in, out)
+    layout, w = packed(module.weight, "bf16", lambda: _bf16_weight(module))
+    b = None if module.bias is None else packed(module.bias, "bf16", lambda: module.bias.detach().to(torch.bfloat16))
     x2 = x.reshape(-1, module.in_features).to(torch.bfloat16)                     # (N, in)
-    if module.bias is None:
-        y = x2 @ w                                                                 # (N, out)
+    if layout == "onednn":
+        y = torch.ops.mkldnn._linear_pointwise(x2, w, b, "none", [], "")          # (N, out)
     else:
-        y = torch.addmm(packed(module.bias, "bf16", lambda: module.bias.detach().to(torch.bfloat16)), x2, w)
+        y = F.linear(x2, w, b)                                                     # (N, out)
     return y.float().view(*x.shape[:-1], module.out_features)
 
 

@@ -264,15 +264,23 @@ def test_int8_is_pytorchs_dynamic_quantisation():
         torch.testing.assert_close(lin(x), q(x) + 1.0, rtol=1e-5, atol=1e-5)
 
 
-def test_bf16_products_are_bfloat16_products():
-    lin = Linear(32, 16, bias=False).eval()
+@pytest.mark.parametrize("bias", [True, False])
+def test_bf16_products_are_bfloat16_products(bias):
+    lin = Linear(64, 48, bias=bias).eval()
     with torch.no_grad():
         lin.weight.normal_()
-    x = torch.randn(4, 32)
+        if bias:
+            lin.bias.normal_()
+    x = torch.randn(2, 5, 64)
     with torch.no_grad(), backend.precision("bf16"):
         y = lin(x)
-    expect = (x.bfloat16() @ lin.weight.detach().t().bfloat16()).float()
-    assert torch.equal(y, expect)
+    assert y.dtype == torch.float32 and torch.equal(y, y.bfloat16().float())   # a bf16 result
+    exact = x.bfloat16().double() @ lin.weight.detach().bfloat16().double().t()
+    if bias:
+        exact = exact + lin.bias.detach().bfloat16().double()
+    # The product of the bf16-rounded inputs, accumulated in fp32 and rounded once to bf16 (8 bits).
+    torch.testing.assert_close(y.double(), exact, rtol=2 ** -7, atol=1e-3)
+    assert not torch.equal(y, lin(x))           # and not the fp32 product
 
 
 def test_a_models_precision_and_the_callers(monkeypatch):
