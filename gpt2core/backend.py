@@ -321,9 +321,9 @@ def _linear(module, reference, x: torch.Tensor) -> torch.Tensor:
     rows = x2.shape[0]
     if rows == 1:   # one row reads w in place: no pack
         run_native = lambda: native.matvec(x2[0], w, bias).unsqueeze(0)          # noqa: E731
-    else:
-        panels = packed(module.weight, "native", lambda: native.pack(w))          # (panels, in, 16)
-        run_native = lambda: native.linear(x2, w, bias, packed=panels)            # noqa: E731
+    else:           # packed when first timed or used: a weight only torch multiplies is never packed
+        run_native = lambda: native.linear(x2, w, bias, packed=packed(module.weight, "native",  # noqa: E731
+                                                                      lambda: native.pack(w)))
     shape = f"{module.in_features}x{module.out_features}:rows{size_class(rows)}"
     if choose("linear", shape, run_native, lambda: reference(module, x2)) == "torch":
         return reference(module, x)
