@@ -22,6 +22,7 @@ from .devices import ids_on
 from .model import GPT2
 
 LENS_ROWS = 256   # rows pushed through the unembedding at once: 256 x 50,257 floats is 51 MB
+POST_ROWS = 32    # rows soft-maxed and ranked at once
 
 
 # ---- logit lens -------------------------------------------------------------------------------------
@@ -44,6 +45,7 @@ class LogitLens:
     final_probs: torch.Tensor    # (S, T) its probability at each stage
     tracked: dict[int, tuple[torch.Tensor, torch.Tensor]]   # token id -> ((S, T) ranks, (S, T) probs)
     logits: torch.Tensor         # (T, V) the model's output logits
+    positions: list[int]         # (T,) the prompt position of each column (every position, unless asked)
 
 
 def unembed(model: GPT2, resid: torch.Tensor) -> torch.Tensor:
@@ -51,41 +53,112 @@ def unembed(model: GPT2, resid: torch.Tensor) -> torch.Tensor:
     return model.lm_head(model.ln_f(resid))                                 # (N, V)
 
 
-def logit_lens(model: GPT2, ids, k: int = 5, track: Iterable[int] = ()) -> LogitLens:
-    """The lens at every stage and position of one sequence ``ids`` (T,), in one captured forward pass."""
+def lens_positions(positions: Iterable[int] | None, T: int) -> list[int]:
+    """``positions`` of a T-token prompt (negative ones count from the end) as sorted distinct positions;
+    None: every position."""
+    if positions is None:
+        return list(range(T))
+    cols = set()
+    for p in positions:
+        if not -T <= int(p) < T:
+            raise IndexError(f"position {int(p)} is outside a prompt of {T} tokens")
+        cols.add(int(p) % T)
+    if not cols:
+        raise ValueError("no positions to unembed")
+    return sorted(cols)
+
+
+def _chunks(n: int) -> list[slice]:
+    """n rows as near-equal runs of at most LENS_ROWS (none of one row alone unless n is 1: the product of
+    a single row takes another path, with other rounding)."""
+    parts = -(-n // LENS_ROWS)
+    sizes = [n // parts + (i < n % parts) for i in range(parts)]
+    starts = list(itertools.accumulate([0] + sizes))
+    return [slice(a, b) for a, b in zip(starts, starts[1:])]
+
+
+def logit_lens(model: GPT2, ids, k: int = 5, track: Iterable[int] = (),
+               positions: Iterable[int] | None = None) -> LogitLens:
+    """The lens of one sequence ``ids`` (T,) at every stage, at ``positions`` (None: every position), in one
+    captured forward pass.
+
+    The forward runs over the tokens up to the last position asked for (a later token cannot change an
+    earlier prediction: causal attention; a forward over more tokens may round differently), and only the
+    asked positions' rows are unembedded: T in the shapes below is their number. The last stage is the
+    model's own output there: the forward's logits when its head over the whole prefix costs at most twice
+    the window's; otherwise the forward makes the last position's logits only (``last_only``) and the last
+    stage is ln_f and lm_head applied to that forward's final residual at those positions, in one call with
+    other stages' rows: the same numbers, bit for bit, as the forward's logits wherever the products treat
+    their rows alike (tests/test_core_lens.py checks it).
+    """
     stages = lens_stages(model.config.n_layer)
+    names = [name for _, name in stages]
     track = list(dict.fromkeys(int(t) for t in track))
+    ids = ids_on(model, ids)                                                 # (T,)
+    cols = lens_positions(positions, len(ids))
+    prefix = cols[-1] + 1
+    full_head = prefix <= 2 * len(cols)   # the head over every prefix position costs at most twice the window's
     with torch.no_grad():
-        logits, cache = model.run_with_cache(ids, names=[name for _, name in stages])   # (T, V)
-        resid = torch.stack([cache[name] for _, name in stages])           # (S, T, d)
+        logits, cache = model.run_with_cache(ids[:prefix], names=names, last_only=not full_head)
+        resid = torch.stack([cache[name] for name in names])                 # (S, prefix, d)
+        if len(cols) < prefix:
+            at = torch.tensor(cols, dtype=torch.long, device=ids.device)    # (T,)
+            resid = resid[:, at]                                             # (S, T, d)
+            logits = logits[at] if full_head else None                       # (T, V)
         S, T, d = resid.shape
-        final_ids = logits.argmax(-1)                                        # (T,)
-        flat = resid[:-1].reshape((S - 1) * T, d)                            # ((S-1)*T, d)
-        # One chunk of rows at a time (a generator: all of them at once would be S*T*V floats). The last stage
-        # is the model's own output: its logits are the forward's, not recomputed.
-        chunks = itertools.chain((unembed(model, flat[i:i + LENS_ROWS]) for i in range(0, len(flat), LENS_ROWS)),
-                                 [logits])
-        pos_ids = final_ids.repeat(S)                                        # (S*T,)
-        top_ids, top_probs, ranks, probs = [], [], [], []
+        # The rows to unembed, stage-major. With the forward's logits the last stage is those, appended at the
+        # end; without, the last stage is unembedded first (its top token is what every stage is ranked on).
+        order = list(range(S - 1)) if full_head else [S - 1] + list(range(S - 1))
+        flat = resid[order].reshape(-1, d)                                   # (len(order)*T, d)
+        # One chunk of rows at a time (a generator: all of them at once would be S*T*V floats).
+        chunks = (unembed(model, flat[rows]) for rows in _chunks(len(flat)))
+        if full_head:
+            chunks = itertools.chain(chunks, [logits])
+        final_ids = logits.argmax(-1) if full_head else None                 # (T,)
+        top_ids, top_probs, ranks, probs, own = [], [], [], [], []
         tracked = {t: ([], []) for t in track}
-        start = 0
+        waiting, start = [], 0
+
+        def read(first, lens_logits):
+            """Top k, and the final pick's and each tracked token's rank and probability, of rows first, ...
+            A few rows at a time: each step's tensors stay in the cache (the rank's comparison over 256 rows
+            at once takes 3x as long)."""
+            for i in range(0, len(lens_logits), POST_ROWS):
+                block = lens_logits[i:i + POST_ROWS]                         # (n, V)
+                # torch's softmax, so the last stage is bit for bit softmax(the model's logits).
+                softmax = torch.softmax(block, -1)                           # (n, V)
+                values, indices = softmax.topk(k, -1)                        # (n, k)
+                top_ids.append(indices)
+                top_probs.append(values)
+                rows = torch.arange(first + i, first + i + len(block), device=block.device) % T   # (n,) positions
+                for t_ids, (t_ranks, t_probs) in [(final_ids[rows], (ranks, probs))] + [
+                        (torch.full_like(rows, t), tracked[t]) for t in track]:
+                    chosen = block.gather(1, t_ids[:, None])                 # (n, 1)
+                    t_ranks.append((block > chosen).sum(1, dtype=torch.int32) + 1)   # (n,) 1 = top
+                    t_probs.append(softmax.gather(1, t_ids[:, None])[:, 0])
+
         for lens_logits in chunks:                                           # (n, V)
-            rows = slice(start, start + len(lens_logits))
+            first = start
             start += len(lens_logits)
-            # torch's softmax, so the last stage is bit for bit softmax(the model's logits), its own distribution.
-            softmax = torch.softmax(lens_logits, -1)                         # (n, V)
-            values, indices = softmax.topk(k, -1)                            # (n, k)
-            top_ids.append(indices)
-            top_probs.append(values)
-            for t_ids, t_ranks, t_probs in [(pos_ids[rows], ranks, probs)] + [
-                    (torch.full_like(pos_ids[rows], t), *tracked[t]) for t in track]:
-                chosen = lens_logits.gather(1, t_ids[:, None])               # (n, 1)
-                t_ranks.append((lens_logits > chosen).sum(1, dtype=torch.int32) + 1)   # (n,) 1 = top
-                t_probs.append(softmax.gather(1, t_ids[:, None])[:, 0])
-    cat = lambda parts, *shape: torch.cat(parts).reshape(S, T, *shape)     # noqa: E731
+            if final_ids is None:           # the last stage's rows come first: read them once all are made
+                own.append(lens_logits[:T - first])
+                waiting.append((first, lens_logits))
+                if start < T:
+                    continue
+                logits = torch.cat(own)                                      # (T, V)
+                final_ids = logits.argmax(-1)
+                for item in waiting:
+                    read(*item)
+                waiting = []
+                continue
+            read(first, lens_logits)
+
+    def cat(parts, *shape):
+        out = torch.cat(parts).reshape(S, T, *shape)
+        return out if full_head else torch.roll(out, -1, dims=0)            # back to the forward pass's order
     return LogitLens(stages=[label for label, _ in stages], top_ids=cat(top_ids, k), top_probs=cat(top_probs, k),
                      final_ids=final_ids, final_ranks=cat(ranks), final_probs=cat(probs),
-                     tracked={t: (cat(r), cat(p)) for t, (r, p) in tracked.items()}, logits=logits)
+                     tracked={t: (cat(r), cat(p)) for t, (r, p) in tracked.items()}, logits=logits, positions=cols)
 
 
 # ---- attribution ------------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from gpt2core import encode, load, load_hf
-from gpt2core.lens import (AblationError, ablation_hooks, attribute, lens_stages, logit_lens, parse_heads,
-                           parse_layers, run_ablated, scan_heads, unembed)
+from gpt2core.lens import (AblationError, ablation_hooks, attribute, lens_positions, lens_stages, logit_lens,
+                           parse_heads, parse_layers, run_ablated, scan_heads, unembed)
 from explorer.session import BUNDLED_DIR
 
 transformers = pytest.importorskip("transformers")
@@ -91,6 +91,113 @@ def test_lens_at_block_boundaries_matches_hf_hidden_states(hf_tiny_dir, tiny, id
         torch.testing.assert_close(lens.top_probs[stage].double(), p, atol=1e-6, rtol=1e-4)
         final = probs.gather(1, lens.final_ids[:, None])[:, 0]
         torch.testing.assert_close(lens.final_probs[stage].double(), final, atol=1e-6, rtol=1e-4)
+
+
+# Windows of the 23-token prompt: the head over the prefix costs more than twice the window (the forward stops
+# at the last position and the lens makes the last stage), or not (the forward's own logits); one position;
+# positions out of order, repeated and counted from the end.
+WINDOWS = [list(range(15, 19)), [20], [0, 1, 2], list(range(14, 23)), [-1, 3, 9, 3]]
+FIELDS = ("top_ids", "top_probs", "final_ranks", "final_probs")
+
+
+@pytest.mark.parametrize("which", ["tiny", "bundled"])
+@pytest.mark.parametrize("window", WINDOWS, ids=str)
+def test_windowed_lens_is_the_full_lens_at_those_positions(which, window, request, ids):
+    """The lens of some positions is the full lens's columns there, bit for bit: the full lens of the prompt up
+    to the last of them (the same forward), and of the whole prompt up to float rounding (a later token cannot
+    change an earlier prediction; a forward over more tokens may round differently)."""
+    model = request.getfixturevalue(which)
+    track = [int(ids[0]), 198]
+    cols = sorted({p % len(ids) for p in window})
+    w = logit_lens(model, ids, k=5, track=track, positions=window)
+    assert w.positions == cols and w.top_ids.shape == (len(w.stages), len(cols), 5)
+    prefix = logit_lens(model, ids[:cols[-1] + 1], k=5, track=track)
+    for field in FIELDS:
+        assert torch.equal(getattr(w, field), getattr(prefix, field)[:, cols]), field
+    for tok in track:
+        for got, full in zip(w.tracked[tok], prefix.tracked[tok]):
+            assert torch.equal(got, full[:, cols])
+    assert torch.equal(w.final_ids, prefix.final_ids[cols]) and torch.equal(w.logits, prefix.logits[cols])
+    whole = logit_lens(model, ids, k=5, track=track)
+    assert torch.equal(w.top_ids[:, :, 0], whole.top_ids[:, cols, 0])
+    torch.testing.assert_close(w.top_probs, whole.top_probs[:, cols], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(w.logits, whole.logits[cols], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["tiny", "bundled"])
+@pytest.mark.parametrize("window", WINDOWS, ids=str)
+def test_windowed_last_stage_is_the_models_own_output(which, window, request, ids):
+    """Where the lens makes the last stage itself (ln_f and lm_head on the final residual of those positions
+    only), it is still bit for bit the model's logits and softmax, as the forward makes them over the prompt."""
+    model = request.getfixturevalue(which)
+    cols = lens_positions(window, len(ids))
+    w = logit_lens(model, ids, k=5, positions=window)
+    with torch.no_grad():
+        logits = model(ids[None, :cols[-1] + 1])[0][cols]                 # (T, V) the model's, over the prefix
+    expected_p, expected_ids = torch.softmax(logits, -1).topk(5, -1)
+    torch.testing.assert_close(w.logits, logits, atol=0, rtol=0)
+    assert torch.equal(w.final_ids, logits.argmax(-1)) and torch.equal(w.top_ids[-1], expected_ids)
+    torch.testing.assert_close(w.top_probs[-1], expected_p, atol=0, rtol=0)
+    assert torch.all(w.final_ranks[-1] == 1)
+
+
+def test_windowed_lens_runs_the_forward_up_to_its_last_position(tiny, ids, monkeypatch):
+    """Only the prefix up to the last position is run, and the head of the forward makes the logits of every
+    prefix position only when that costs at most twice the window's (else just the last: last_only)."""
+    seen = []
+    run = tiny.run_with_cache
+    monkeypatch.setattr(tiny, "run_with_cache", lambda idx, **kw: seen.append((len(idx), kw["last_only"]))
+                        or run(idx, **kw))
+    logit_lens(tiny, ids, positions=range(15, 19))
+    logit_lens(tiny, ids, positions=[0, 1, 2])
+    logit_lens(tiny, ids)
+    assert seen == [(19, True), (3, False), (len(ids), False)]
+
+
+def test_windowed_lens_at_block_boundaries_matches_hf_hidden_states(hf_tiny_dir, tiny, ids):
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_tiny_dir).eval()
+    cols = list(range(12, 20))
+    lens = logit_lens(tiny, ids, k=5, positions=cols)
+    with torch.no_grad():
+        hidden = hf(ids[None, :cols[-1] + 1], output_hidden_states=True).hidden_states
+        L = tiny.config.n_layer
+        hf_logits = [hf.lm_head(hf.transformer.ln_f(h[0, cols])) for h in hidden[:L]] + [hf.lm_head(hidden[L][0, cols])]
+    for stage, expected in zip([0] + [2 * i + 2 for i in range(L)], hf_logits):
+        probs = softmax64(expected)
+        p, top = probs.topk(5, -1)
+        assert torch.equal(lens.top_ids[stage], top), lens.stages[stage]
+        torch.testing.assert_close(lens.top_probs[stage].double(), p, atol=1e-6, rtol=1e-4)
+        final = probs.gather(1, lens.final_ids[:, None])[:, 0]
+        torch.testing.assert_close(lens.final_probs[stage].double(), final, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("window", [list(range(12, 23)), None], ids=["window", "all"])
+def test_lens_in_small_chunks_is_the_same_lens(tiny, ids, window, monkeypatch):
+    """Rows unembedded a few at a time, and read a few at a time (the last stage then spans several chunks,
+    made before any stage is ranked on it), give the same lens."""
+    import gpt2core.lens as lens_module
+    track = [198]
+    one_go = logit_lens(tiny, ids, k=3, track=track, positions=window)
+    monkeypatch.setattr(lens_module, "LENS_ROWS", 8)
+    monkeypatch.setattr(lens_module, "POST_ROWS", 3)
+    assert [r.stop - r.start for r in lens_module._chunks(77)] == [8] * 7 + [7] * 3
+    small = logit_lens(tiny, ids, k=3, track=track, positions=window)
+    for field in ("top_ids", "final_ranks", "final_ids"):
+        assert torch.equal(getattr(small, field), getattr(one_go, field)), field
+    for field in ("top_probs", "final_probs", "logits"):
+        torch.testing.assert_close(getattr(small, field), getattr(one_go, field), atol=1e-6, rtol=1e-5)
+    assert torch.equal(small.tracked[198][0], one_go.tracked[198][0])
+
+
+def test_lens_positions():
+    assert lens_positions(None, 4) == [0, 1, 2, 3]
+    assert lens_positions([3, -4, 3, -1], 4) == [0, 3]
+    with pytest.raises(IndexError, match="outside a prompt of 4 tokens"):
+        lens_positions([4], 4)
+    with pytest.raises(IndexError, match="outside"):
+        lens_positions([-5], 4)
+    with pytest.raises(ValueError, match="no positions"):
+        lens_positions([], 4)
 
 
 # ---- attribution -------------------------------------------------------------------------------------

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.compute.why import (ablation_view, attribution_view, lens_view, parse_parts,
-                                  parse_token, scan_view, token_text)
+from explorer.compute.why import (LENS_WINDOW, ablation_view, attribution_view, lens_view, lens_window,
+                                  parse_parts, parse_token, scan_view, token_text)
 from explorer.figures.why import before_after_bars, head_heatmap, layer_bars, lens_heatmap, lens_lines
 from explorer.inputs import InputError, check_position, prepare_prompt
-from explorer.tabs.why_tab import EXAMPLES
+from explorer.tabs.why_tab import EXAMPLES, EXPLANATION
 from gpt2core import GPT2, encode, get_config
 from gpt2core.lens import attribute, logit_lens, run_ablated
 from tests.conftest import plot_json
@@ -50,20 +50,38 @@ def test_check_position():
         check_position(-2, 7)
 
 
-def test_lens_view_cells_and_series(tiny, ids):
+def test_lens_window():
+    assert lens_window(20, 4) == [17, 18, 19, 20] and lens_window(2, 4) == [0, 1, 2] and lens_window(0, 4) == [0]
+    assert lens_window(30) == list(range(31 - LENS_WINDOW, 31))
+
+
+@pytest.mark.parametrize("position", [None, 12, 2], ids=["last", "middle", "near the start"])
+def test_lens_view_cells_and_series(tiny, ids, position):
+    """The view is the lens over the window ending at the position: every cell and line from the full lens's
+    column there, the summary's counts over the positions shown."""
+    position = len(ids) - 1 if position is None else position
     target = encode(" tomorrow")[0]
-    view = lens_view(tiny, ids, len(ids) - 1, target)
-    lens = logit_lens(tiny, ids, track=[target])
-    S, T = len(view.stages), len(ids)
+    view = lens_view(tiny, ids, position, target)
+    window = list(range(max(0, position - LENS_WINDOW + 1), position + 1))
+    lens = logit_lens(tiny, ids, track=[target])                          # every position
+    S, T = len(view.stages), len(window)
+    assert view.positions == window and view.tokens == [token_text(ids[p]) for p in window]
     assert view.top_prob.shape == (S, T) and S == 1 + 2 * tiny.config.n_layer
-    assert view.top_text[-1][3] == token_text(int(lens.final_ids[3]))
-    np.testing.assert_allclose(view.top_prob, lens.top_probs[:, :, 0].numpy())
-    final_name = f"final prediction {token_text(int(lens.final_ids[-1]))}"
+    assert view.top_text[-1][1] == token_text(int(lens.final_ids[window[1]]))
+    np.testing.assert_allclose(view.top_prob, lens.top_probs[:, window, 0].numpy(), rtol=1e-5, atol=1e-7)
+    final_name = f"final prediction {token_text(int(lens.final_ids[position]))}"
     probs, ranks = view.series[final_name]
-    assert ranks[-1] == 1 and list(ranks) == lens.final_ranks[:, -1].tolist()
+    assert ranks[-1] == 1 and list(ranks) == lens.final_ranks[:, position].tolist()
     assert list(view.series) == [final_name, f"target {token_text(target)}"]
+    t_ranks = view.series[f"target {token_text(target)}"][1]
+    assert list(t_ranks) == lens.tracked[target][0][:, position].tolist()
     assert "rank" in view.hover[0][0] and view.hover[0][0].count("%") == 5
-    assert f"position {len(ids) - 1}" in view.summary
+    assert f"position {position}" in view.summary
+    ranks = lens.final_ranks[:, window]
+    before_end, settled = int((ranks[-2] == 1).sum()), int((ranks == 1).all(0).sum())
+    assert (f"Across the {T} positions shown ({window[0]}–{position}), {before_end} of {T} already have the final "
+            f"pick on top one stage before the end; {settled} ") in view.summary
+    assert "prompt" not in view.summary.split("Across")[1]
 
 
 def test_attribution_view_adds_up(tiny, ids):
@@ -120,6 +138,14 @@ def test_lens_heatmap_figure():
     assert fig.layout.shapes[0].x0 == 1.5
     with pytest.raises(ValueError):
         lens_heatmap(stages[:2], tokens, text, probs, hover)
+    # A window of the prompt: its columns are labelled with their positions, the outline on the chosen one.
+    fig = lens_heatmap(stages, tokens, text, probs, hover, position=41, positions=[40, 41, 42])
+    assert list(fig.data[0].x) == ["40:A", "41:␣&lt;b&gt;", "42:C"] and fig.layout.shapes[0].x0 == 0.5
+    assert "positions 40–42" in fig.layout.title.text
+    with pytest.raises(ValueError, match="not one of"):
+        lens_heatmap(stages, tokens, text, probs, hover, position=3, positions=[40, 41, 42])
+    with pytest.raises(ValueError, match="distinct"):
+        lens_heatmap(stages, tokens, text, probs, hover, positions=[40, 40, 42])
 
 
 def test_lens_lines_figure():
@@ -127,6 +153,11 @@ def test_lens_lines_figure():
                                   "target y": (np.array([0.0, 0.05]), np.array([900, 3]))}, "title")
     assert len(fig.data) == 4 and fig.layout.yaxis2.type == "log" and fig.layout.yaxis2.autorange == "reversed"
     assert list(fig.data[1].y) == [7, 1]
+    # Probabilities on the left panel, ranks on the right, one legend entry a token.
+    assert [(t.xaxis, t.yaxis) for t in fig.data] == [("x", "y"), ("x2", "y2")] * 2
+    assert [t.showlegend for t in fig.data] == [None, False] * 2
+    assert fig.layout.xaxis.domain[1] < fig.layout.xaxis2.domain[0] and fig.layout.yaxis.range == (0, 1)
+    assert [a.text for a in fig.layout.annotations] == ["probability", "rank (1 = top)"]
 
 
 def test_head_heatmap_is_diverging_and_centred():
@@ -148,17 +179,30 @@ def test_before_after_bars_keep_repeated_tokens_apart():
 
 
 # ---- endpoints ---------------------------------------------------------------------------------------
-def test_lens_endpoint(client, registry):
+@pytest.mark.parametrize("position", [-1, 3])
+def test_lens_endpoint(client, registry, position):
     model = registry.get(registry.default).model
     ids = prepare_prompt(TEXT).ids
-    notice, summary, heat, lines = client.predict(TEXT, -1, " tomorrow", registry.default, api_name="/why_lens")
+    notice, summary, heat, lines = client.predict(TEXT, position, " tomorrow", registry.default,
+                                                  api_name="/why_lens")
     heat, lines = plot_json(heat), plot_json(lines)
-    lens = logit_lens(model, ids, track=encode(" tomorrow"))
+    pos = position % len(ids)
+    window = list(range(max(0, pos - LENS_WINDOW + 1), pos + 1))
+    lens = logit_lens(model, ids, track=encode(" tomorrow"))              # every position: the window's columns
     z = np.array(heat["data"][0]["z"], dtype=float)
-    np.testing.assert_allclose(z, lens.top_probs[:, :, 0].numpy(), atol=1e-3)
+    np.testing.assert_allclose(z, lens.top_probs[:, window, 0].numpy(), atol=1e-3)
     assert heat["data"][0]["y"] == lens.stages
-    assert len(lines["data"]) in (2, 4) and "position" in summary
+    assert heat["data"][0]["x"] == [f"{p}:{token_text(ids[p])}" for p in window]
+    assert heat["layout"]["shapes"][0]["x0"] == len(window) - 1.5          # the chosen position, outlined
+    assert len(lines["data"]) in (2, 4) and f"position {pos}" in summary
+    assert f"Across the {len(window)} positions shown ({window[0]}–{pos})" in summary
     assert len(json.dumps(heat)) < 1_000_000
+
+
+def test_the_tab_says_the_lens_is_a_window():
+    text = " ".join(EXPLANATION.split())
+    assert f"the {LENS_WINDOW} positions up to your chosen one" in text
+    assert f"only the {LENS_WINDOW} positions shown are unembedded" in text
 
 
 def test_attribution_endpoint(client, registry):

@@ -57,10 +57,25 @@ def parse_token(text, what: str, vocab_size: int) -> Token:
 
 
 # ---- logit lens --------------------------------------------------------------------------------------
+# The lens is drawn for this many positions, ending at the chosen one. Every stage of every position of a
+# 128-token prompt on GPT-2 124M is 3,200 rows through the 50,257-token unembedding (about 2 s on the project's
+# two AMD EPYC cores), and a heatmap of 128 columns has no room for its text. 6 is the widest window that kept
+# /why_lens under 300 ms of server time there at 128 tokens: the forward is ~170 ms of it, and each position
+# shown adds ~14 ms (25 rows of the unembedding, their softmax and ranks); at 7 and 8 the median was ~300-330 ms.
+LENS_WINDOW = 6
+
+
+def lens_window(position: int, window: int | None = None) -> list[int]:
+    """The ``window`` (default LENS_WINDOW) positions ending at ``position``, fewer near the prompt's start."""
+    window = LENS_WINDOW if window is None else window
+    return list(range(max(0, position - window + 1), position + 1))
+
+
 @dataclass
 class LensView:
     stages: list[str]              # (S,) row labels, first stage first
-    tokens: list[str]              # (T,) the prompt's tokens as text
+    positions: list[int]           # (T,) the prompt positions shown: the window ending at ``position``
+    tokens: list[str]              # (T,) their tokens as text
     top_text: list[list[str]]      # (S, T) each cell's top-1 token as text
     top_prob: np.ndarray           # (S, T) its probability
     hover: list[list[str]]         # (S, T) top 5 with probabilities, and the final token's rank
@@ -78,9 +93,14 @@ def _first_stage(ranks: np.ndarray, within: int) -> int | None:
     return int(outside[-1]) + 1 if outside.size else 0
 
 
-def lens_view(model: GPT2, ids: list[int], position: int, target: int | None) -> LensView:
-    result = lens.logit_lens(model, ids, k=5, track=[target] if target is not None else [])
+def lens_view(model: GPT2, ids: list[int], position: int, target: int | None,
+              window: int | None = None) -> LensView:
+    """The lens over the ``window`` (default LENS_WINDOW) positions ending at ``position``; the forward still
+    reads the whole context before them."""
+    positions = lens_window(position, window)
+    result = lens.logit_lens(model, ids, k=5, track=[target] if target is not None else [], positions=positions)
     S, T, _ = result.top_ids.shape
+    col = T - 1                                                    # the chosen position is the window's last
     top_ids, top_probs = to_numpy(result.top_ids), to_numpy(result.top_probs)
     ranks = to_numpy(result.final_ranks)
     names = {int(i): token_text(int(i)) for i in np.unique(top_ids)}
@@ -88,31 +108,32 @@ def lens_view(model: GPT2, ids: list[int], position: int, target: int | None) ->
     hover = [["<br>".join(f"{names[int(i)]}  {p:.1%}" for i, p in zip(top_ids[s, t], top_probs[s, t]))
               + f"<br>model's final pick {token_text(int(result.final_ids[t]))}: rank {int(ranks[s, t]):,}"
               for t in range(T)] for s in range(S)]
-    final = int(result.final_ids[position])
-    series = {f"final prediction {token_text(final)}": (to_numpy(result.final_probs[:, position]),
-                                                         ranks[:, position])}
+    final = int(result.final_ids[col])
+    series = {f"final prediction {token_text(final)}": (to_numpy(result.final_probs[:, col]), ranks[:, col])}
     if target is not None and target != final:
         t_ranks, t_probs = result.tracked[target]
-        series[f"target {token_text(target)}"] = (to_numpy(t_probs[:, position]),
-                                                   to_numpy(t_ranks[:, position]))
+        series[f"target {token_text(target)}"] = (to_numpy(t_probs[:, col]), to_numpy(t_ranks[:, col]))
     stages = result.stages
-    first_top = _first_stage(ranks[:, position], 1)
-    first_top5 = _first_stage(ranks[:, position], 5)
+    first_top = _first_stage(ranks[:, col], 1)
+    first_top5 = _first_stage(ranks[:, col], 5)
     words = [f"At position {position} ({quoted(ids[position])}) the model predicts {quoted(final)} with "
-             f"{float(result.final_probs[-1, position]):.1%}."]
+             f"{float(result.final_probs[-1, col]):.1%}."]
     if first_top is not None:
         words.append(f"The lens puts it on top from stage **{stages[first_top]}** on"
                      + (f" (in the top 5 from {stages[first_top5]})." if first_top5 != first_top else "."))
     if target is not None and target != final:
-        t_ranks = to_numpy(result.tracked[target][0][:, position])
+        t_ranks = to_numpy(result.tracked[target][0][:, col])
         words.append(f"Your target {quoted(target)} ends at rank {int(t_ranks[-1]):,} "
                      f"(best: rank {int(t_ranks.min()):,}, at {stages[int(t_ranks.argmin())]}).")
-    n_settled = int((ranks[:, :] == 1).all(axis=0).sum())
-    words.append(f"Across the prompt, {int((ranks[-2] == 1).sum())} of {T} positions already have the final "
-                 f"pick on top one stage before the end; {n_settled} {'has' if n_settled == 1 else 'have'} it on top "
-                 "at every stage.")
-    return LensView(stages=stages, tokens=[token_text(i) for i in ids], top_text=top_text, top_prob=top_probs[:, :, 0],
-                    hover=hover, position=position, series=series, summary=" ".join(words))
+    n_settled = int((ranks == 1).all(axis=0).sum())
+    shown = (f"the {T} positions shown ({positions[0]}–{positions[-1]})" if T > 1
+             else f"the 1 position shown ({positions[0]})")
+    words.append(f"Across {shown}, {int((ranks[-2] == 1).sum())} of {T} already "
+                 f"{'has' if T == 1 else 'have'} the final pick on top one stage before the end; {n_settled} "
+                 f"{'has' if n_settled == 1 else 'have'} it on top at every stage.")
+    return LensView(stages=stages, positions=positions, tokens=[token_text(ids[p]) for p in positions],
+                    top_text=top_text, top_prob=top_probs[:, :, 0], hover=hover, position=position, series=series,
+                    summary=" ".join(words))
 
 
 # ---- attribution -------------------------------------------------------------------------------------

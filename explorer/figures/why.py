@@ -6,9 +6,8 @@ import html
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from .common import DIVERGING, SEQUENTIAL, style, unique_labels
+from .common import DIVERGING, SEQUENTIAL, style
 
 CELL_CHARS = 7          # a lens cell shows at most this many characters of its token
 ATTN_COLOUR, MLP_COLOUR, OTHER_COLOUR = "#4c78a8", "#f58518", "#9d9d9d"
@@ -29,46 +28,66 @@ def _r(a, digits: int = 4) -> np.ndarray:
 
 
 def lens_heatmap(stages: list[str], tokens: list[str], top_text: list[list[str]], top_prob: np.ndarray,
-                 hover: list[list[str]], position: int | None = None) -> go.Figure:
-    """Stages (rows, first at the top) x prompt positions: each cell's top-1 token, coloured by its probability."""
+                 hover: list[list[str]], position: int | None = None,
+                 positions: list[int] | None = None) -> go.Figure:
+    """Stages (rows, first at the top) x prompt positions: each cell's top-1 token, coloured by its probability.
+    ``positions``: the prompt position of each column (None: 0, 1, ...), which labels it; ``position``: the
+    prompt position to outline, one of them."""
     S, T = np.shape(top_prob)
     if len(stages) != S or len(tokens) != T or np.shape(top_text)[:2] != (S, T):
         raise ValueError(f"need (S, T) cells with S stage and T token labels, got {np.shape(top_prob)}, "
                          f"{len(stages)} stages and {len(tokens)} tokens")
-    x = unique_labels([_esc(t) for t in tokens])
+    positions = list(range(T)) if positions is None else [int(p) for p in positions]
+    if len(positions) != T or len(set(positions)) != T:
+        raise ValueError(f"need {T} distinct positions, one a column, got {positions}")
+    if position is not None and position not in positions:
+        raise ValueError(f"position {position} is not one of the columns' positions {positions}")
+    x = [f"{p}:{_esc(t)}" for p, t in zip(positions, tokens)]      # distinct: plotly merges equal categories
     cells = [[_esc(_short(t)) for t in row] for row in top_text]
+    col = None if position is None else positions.index(position)
+    # The whole layout given at once: each update_* call afterwards costs plotly another validation pass.
     fig = go.Figure(go.Heatmap(
-        z=_r(top_prob, 3), x=x, y=stages, text=cells, texttemplate="%{text}", textfont=dict(size=9),
+        z=_r(top_prob, 3), x=x, y=stages, text=cells, texttemplate="%{text}",
+        textfont=dict(size=11 if T <= 16 else 9),
         customdata=[[_esc(h).replace("&lt;br&gt;", "<br>") for h in row] for row in hover],
         colorscale=SEQUENTIAL, zmin=0, zmax=1, colorbar=dict(title="top-1<br>prob."),
-        hovertemplate="after %{x}, stage %{y}<br>%{customdata}<extra></extra>"))
-    if position is not None:
-        fig.add_shape(type="rect", x0=position - 0.5, x1=position + 0.5, y0=-0.5, y1=S - 0.5,
-                      line=dict(color="#e4572e", width=2))
-    fig.update_xaxes(type="category", title="position: the token the prediction comes after", tickangle=-45,
-                     tickfont=dict(size=10), showgrid=False)
-    fig.update_yaxes(type="category", autorange="reversed", title="stage of the residual stream", showgrid=False)
+        hovertemplate="after %{x}, stage %{y}<br>%{customdata}<extra></extra>"), layout=dict(
+        shapes=[] if col is None else [dict(type="rect", xref="x", yref="y", x0=col - 0.5, x1=col + 0.5, y0=-0.5,
+                                            y1=S - 0.5, line=dict(color="#e4572e", width=2))],
+        xaxis=dict(type="category", title="position: the token the prediction comes after",
+                   tickangle=0 if T <= 16 else -45, tickfont=dict(size=10), showgrid=False),
+        yaxis=dict(type="category", autorange="reversed", title="stage of the residual stream", showgrid=False)))
     height = int(min(1100, max(360, 120 + 22 * S)))
-    return style(fig, "Logit lens: what each stage would predict next (top-1 token, coloured by its probability)",
-                 height=height)
+    span = f"positions {positions[0]}–{positions[-1]}" if T > 1 else f"position {positions[0]}"
+    return style(fig, f"Logit lens at {span}: what each stage would predict next (top-1 token, coloured by its "
+                      "probability)", height=height)
 
 
 def lens_lines(stages: list[str], series: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> go.Figure:
-    """For one position: each tracked token's probability (left) and rank (right, log scale, 1 on top)."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("probability", "rank (1 = top)"), horizontal_spacing=0.1)
+    """For one position: each tracked token's probability (left) and rank (right, log scale, 1 on top).
+    The two panels are laid out by hand: plotly's make_subplots costs half this figure's time (7 ms)."""
     colours = ["#4c78a8", "#e45756", "#54a24b"]
+    traces = []
     for (name, (probs, ranks)), colour in zip(series.items(), colours):
         label = _esc(name)
-        fig.add_trace(go.Scatter(x=stages, y=_r(probs, 5), mode="lines+markers", name=label, legendgroup=label,
-                                 line=dict(color=colour), hovertemplate=f"{label}<br>%{{x}}: %{{y:.2%}}<extra></extra>"),
-                      row=1, col=1)
-        fig.add_trace(go.Scatter(x=stages, y=np.asarray(ranks, dtype=np.int64), mode="lines+markers", name=label,
-                                 legendgroup=label, showlegend=False, line=dict(color=colour),
-                                 hovertemplate=f"{label}<br>%{{x}}: rank %{{y:,}}<extra></extra>"), row=1, col=2)
-    fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=1)
-    fig.update_yaxes(type="log", autorange="reversed", row=1, col=2)
-    fig.update_xaxes(tickangle=-45, tickfont=dict(size=9))
-    fig.update_layout(legend=dict(orientation="h", x=0, y=1.12, yanchor="bottom"))
+        traces.append(go.Scatter(x=stages, y=_r(probs, 5), mode="lines+markers", name=label, legendgroup=label,
+                                 line=dict(color=colour), xaxis="x", yaxis="y",
+                                 hovertemplate=f"{label}<br>%{{x}}: %{{y:.2%}}<extra></extra>"))
+        traces.append(go.Scatter(x=stages, y=np.asarray(ranks, dtype=np.int64), mode="lines+markers", name=label,
+                                 legendgroup=label, showlegend=False, line=dict(color=colour), xaxis="x2", yaxis="y2",
+                                 hovertemplate=f"{label}<br>%{{x}}: rank %{{y:,}}<extra></extra>"))
+    left, right = [0.0, 0.45], [0.55, 1.0]          # horizontal_spacing 0.1, as make_subplots lays it out
+    ticks = dict(tickangle=-45, tickfont=dict(size=9))
+    panel_title = dict(xref="paper", yref="paper", y=1.0, yanchor="bottom", xanchor="center", showarrow=False,
+                       font=dict(size=16))
+    fig = go.Figure(data=traces, layout=dict(
+        xaxis=dict(domain=left, anchor="y", **ticks), yaxis=dict(domain=[0, 1], anchor="x", range=[0, 1],
+                                                                 tickformat=".0%"),
+        xaxis2=dict(domain=right, anchor="y2", **ticks), yaxis2=dict(domain=[0, 1], anchor="x2", type="log",
+                                                                    autorange="reversed"),
+        annotations=[dict(panel_title, text="probability", x=sum(left) / 2),
+                     dict(panel_title, text="rank (1 = top)", x=sum(right) / 2)],
+        legend=dict(orientation="h", x=0, y=1.12, yanchor="bottom")))
     fig = style(fig, title, height=420)
     fig.update_layout(margin=dict(t=110))
     return fig

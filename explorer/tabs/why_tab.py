@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..components import Number
-from ..compute.why import (ablation_view, attribution_view, check_mode, lens_view, parse_parts,
+from ..compute.why import (LENS_WINDOW, ablation_view, attribution_view, check_mode, lens_view, parse_parts,
                            parse_token, scan_view, token_text)
 from ..context import AppContext
 from ..errors import handle
@@ -13,14 +13,16 @@ from ..figures.why import before_after_bars, head_heatmap, layer_bars, lens_heat
 from ..inputs import MAX_VIEW_TOKENS, check_position, prepare_prompt
 
 TITLE = "Why this token?"
-EXPLANATION = """
+EXPLANATION = f"""
 **Where does the prediction form, and which parts make it?** In the logit lens, read down a column to see at
-which stage the model's final pick first comes out on top (your chosen position is outlined); in the
+which stage the model's final pick first comes out on top; the columns are the {LENS_WINDOW} positions up to
+your chosen one (outlined, the last column: set the position to move the window along the prompt). In the
 attribution, red heads and bars above zero push the target token up, blue heads and bars below zero push it down.
 
 - **Logit lens:** the residual stream is read after the embeddings, after each block's attention and after
   each block, and pushed through the final LayerNorm and the unembedding as if the model stopped there.
-  The last row is the model's real output.
+  The last row is the model's real output. The model still reads the whole prompt up to the chosen position;
+  only the {LENS_WINDOW} positions shown are unembedded (at every stage, a product with the whole vocabulary).
 - **Attribution:** the target's logit is split exactly into what each part wrote into the residual stream:
   the embeddings, every head, every attention bias, every MLP (with the final LayerNorm's scale held at its
   value in this run). Give a contrast token to split the logit *difference* instead, e.g. ␣Paris vs ␣London.
@@ -94,7 +96,8 @@ def build(ctx: AppContext) -> None:
     def show_lens(text, position_v, target_v, model_name, user_models):
         model, prompt, pos, tgt, _, notes = setup(text, position_v, target_v, "", model_name, user_models)
         view = lens_view(model, prompt.ids, pos, tgt)
-        heat = lens_heatmap(view.stages, view.tokens, view.top_text, view.top_prob, view.hover, position=pos)
+        heat = lens_heatmap(view.stages, view.tokens, view.top_text, view.top_prob, view.hover, position=pos,
+                            positions=view.positions)
         lines = lens_lines(view.stages, view.series,
                            f"After position {pos} ({token_text(prompt.ids[pos])}): probability and rank by stage")
         return notes, view.summary, heat, lines
