@@ -140,3 +140,17 @@ def plot_json(value) -> dict:
         return obj
 
     return unpack(fig)
+
+
+def perturbed(cfg, seed: int = 0):
+    """A GPT2 of this config with random weights, its LayerNorms and biases moved off (1, 0) and its
+    embeddings scaled up, so that every parameter matters to a comparison."""
+    from gpt2core import GPT2
+    torch.manual_seed(seed)
+    m = GPT2(cfg).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "ln_" in name or name.endswith(".bias"):
+                p.add_(torch.randn_like(p) * 0.5)
+        m.wte.weight.mul_(5)
+    return m

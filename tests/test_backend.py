@@ -9,22 +9,11 @@ import torch
 
 from gpt2core import GPT2, backend, get_config, native
 from gpt2core.model import Linear
+from tests.conftest import perturbed
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no native library: {native.error()}")
 
 NATIVE_FUNCS = ("linear", "matvec", "layer_norm", "gelu", "attention")
-
-
-def perturbed(cfg, seed=0):
-    """Random weights with LayerNorms and biases moved off (1, 0), so every parameter matters."""
-    torch.manual_seed(seed)
-    m = GPT2(cfg).eval()
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if "ln_" in name or name.endswith(".bias"):
-                p.add_(torch.randn_like(p) * 0.5)
-        m.wte.weight.mul_(5)
-    return m
 
 
 @pytest.fixture

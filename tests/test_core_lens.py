@@ -30,6 +30,17 @@ def softmax64(logits):
     return torch.softmax(logits.double(), -1)
 
 
+def assert_block_boundaries_match(lens, stages, hf_logits):
+    """The lens's top 5 and the final pick's probability at these stages equal those of HF's logits."""
+    for stage, expected in zip(stages, hf_logits):
+        probs = softmax64(expected)
+        p, top = probs.topk(5, -1)
+        assert torch.equal(lens.top_ids[stage], top), lens.stages[stage]
+        torch.testing.assert_close(lens.top_probs[stage].double(), p, atol=1e-6, rtol=1e-4)
+        final = probs.gather(1, lens.final_ids[:, None])[:, 0]
+        torch.testing.assert_close(lens.final_probs[stage].double(), final, atol=1e-6, rtol=1e-4)
+
+
 # ---- logit lens --------------------------------------------------------------------------------------
 def test_stages_follow_the_forward_pass():
     assert lens_stages(2) == [("embeddings", "blocks.0.hook_resid_pre"),
@@ -84,13 +95,7 @@ def test_lens_at_block_boundaries_matches_hf_hidden_states(hf_tiny_dir, tiny, id
         L = tiny.config.n_layer
         hf_logits = [hf.lm_head(hf.transformer.ln_f(h[0])) for h in hidden[:L]] + [hf.lm_head(hidden[L][0])]
     boundary = [0] + [2 * i + 2 for i in range(L)]      # embeddings, then each block's output
-    for stage, expected in zip(boundary, hf_logits):
-        probs = softmax64(expected)
-        p, top = probs.topk(5, -1)
-        assert torch.equal(lens.top_ids[stage], top), lens.stages[stage]
-        torch.testing.assert_close(lens.top_probs[stage].double(), p, atol=1e-6, rtol=1e-4)
-        final = probs.gather(1, lens.final_ids[:, None])[:, 0]
-        torch.testing.assert_close(lens.final_probs[stage].double(), final, atol=1e-6, rtol=1e-4)
+    assert_block_boundaries_match(lens, boundary, hf_logits)
 
 
 # Windows of the 23-token prompt: the head over the prefix costs more than twice the window (the forward stops
@@ -162,13 +167,7 @@ def test_windowed_lens_at_block_boundaries_matches_hf_hidden_states(hf_tiny_dir,
         hidden = hf(ids[None, :cols[-1] + 1], output_hidden_states=True).hidden_states
         L = tiny.config.n_layer
         hf_logits = [hf.lm_head(hf.transformer.ln_f(h[0, cols])) for h in hidden[:L]] + [hf.lm_head(hidden[L][0, cols])]
-    for stage, expected in zip([0] + [2 * i + 2 for i in range(L)], hf_logits):
-        probs = softmax64(expected)
-        p, top = probs.topk(5, -1)
-        assert torch.equal(lens.top_ids[stage], top), lens.stages[stage]
-        torch.testing.assert_close(lens.top_probs[stage].double(), p, atol=1e-6, rtol=1e-4)
-        final = probs.gather(1, lens.final_ids[:, None])[:, 0]
-        torch.testing.assert_close(lens.final_probs[stage].double(), final, atol=1e-6, rtol=1e-4)
+    assert_block_boundaries_match(lens, [0] + [2 * i + 2 for i in range(L)], hf_logits)
 
 
 @pytest.mark.parametrize("window", [list(range(12, 23)), None], ids=["window", "all"])

@@ -6,20 +6,9 @@ import pytest
 import torch
 
 from gpt2core import GPT2, KVCache, capture, generate, get_config, native, stream
+from tests.conftest import perturbed
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no native library: {native.error()}")
-
-
-def perturbed(cfg):
-    """Random weights with LayerNorms and biases moved off (1, 0), so every parameter matters."""
-    torch.manual_seed(0)
-    m = GPT2(cfg).eval()
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if "ln_" in name or name.endswith(".bias"):
-                p.add_(torch.randn_like(p) * 0.5)
-        m.wte.weight.mul_(5)
-    return m
 
 
 CONFIGS = {

@@ -347,44 +347,51 @@ typedef float v8f __attribute__((vector_size(32), aligned(4)));
 #define MR 6
 #define KC 256
 
-/* One 6 x 16 tile over kc values of k. The first k block starts from the bias; later ones from Y. */
-static inline __attribute__((always_inline)) void gemm_block(int mr, const float *restrict Xp, int64_t kc,
-                                                              const float *restrict W, int64_t ldw,
-                                                              const float *restrict b, int first,
-                                                              float *restrict Y, int64_t ldy) {
-    v8f acc[MR][2];
-    if (first) {
-        v8f b0 = {0}, b1 = {0};
-        if (b) { b0 = *(const v8f *)b; b1 = *(const v8f *)(b + 8); }
-        for (int r = 0; r < mr; r++) { acc[r][0] = b0; acc[r][1] = b1; }
-    } else {
-        for (int r = 0; r < mr; r++) { acc[r][0] = *(v8f *)(Y + r * ldy); acc[r][1] = *(v8f *)(Y + r * ldy + 8); }
-    }
-    for (int64_t k = 0; k < kc; k++) {
-        const v8f w0 = *(const v8f *)(W + k * ldw), w1 = *(const v8f *)(W + k * ldw + 8);
-        for (int r = 0; r < mr; r++) {
-            const float xv = Xp[k * MR + r];
-            acc[r][0] += xv * w0;
-            acc[r][1] += xv * w1;
-        }
-    }
-    for (int r = 0; r < mr; r++) {
-        *(v8f *)(Y + r * ldy) = acc[r][0];
-        *(v8f *)(Y + r * ldy + 8) = acc[r][1];
-    }
+/* One 6 x (2 V) tile over kc values of k, V floats a register (VT): MR x 2 accumulators while k runs,
+ * one broadcast of X and two loads of W per k. The first k block starts from the bias; later ones from Y. */
+#define DEFINE_GEMM_BLOCK(NAME, VT, V)                                                                        \
+static inline __attribute__((always_inline)) void NAME(int mr, const float *restrict Xp, int64_t kc,          \
+                                                        const float *restrict W, int64_t ldw,                \
+                                                        const float *restrict b, int first,                  \
+                                                        float *restrict Y, int64_t ldy) {                    \
+    VT acc[MR][2];                                                                                           \
+    if (first) {                                                                                             \
+        VT b0 = {0}, b1 = {0};                                                                               \
+        if (b) { b0 = *(const VT *)b; b1 = *(const VT *)(b + V); }                                           \
+        for (int r = 0; r < mr; r++) { acc[r][0] = b0; acc[r][1] = b1; }                                     \
+    } else {                                                                                                 \
+        for (int r = 0; r < mr; r++) { acc[r][0] = *(VT *)(Y + r * ldy); acc[r][1] = *(VT *)(Y + r * ldy + V); } \
+    }                                                                                                        \
+    for (int64_t k = 0; k < kc; k++) {                                                                       \
+        const VT w0 = *(const VT *)(W + k * ldw), w1 = *(const VT *)(W + k * ldw + V);                       \
+        for (int r = 0; r < mr; r++) {                                                                       \
+            const float xv = Xp[k * MR + r];                                                                 \
+            acc[r][0] += xv * w0;                                                                            \
+            acc[r][1] += xv * w1;                                                                            \
+        }                                                                                                    \
+    }                                                                                                        \
+    for (int r = 0; r < mr; r++) {                                                                           \
+        *(VT *)(Y + r * ldy) = acc[r][0];                                                                    \
+        *(VT *)(Y + r * ldy + V) = acc[r][1];                                                                \
+    }                                                                                                        \
 }
 
-static void gemm_tile(int mr, const float *Xp, int64_t kc, const float *W, int64_t ldw, const float *b, int first,
-                      float *Y, int64_t ldy) {
-    switch (mr) {   /* a constant mr per case, so the row loops unroll */
-        case 6: gemm_block(6, Xp, kc, W, ldw, b, first, Y, ldy); break;
-        case 5: gemm_block(5, Xp, kc, W, ldw, b, first, Y, ldy); break;
-        case 4: gemm_block(4, Xp, kc, W, ldw, b, first, Y, ldy); break;
-        case 3: gemm_block(3, Xp, kc, W, ldw, b, first, Y, ldy); break;
-        case 2: gemm_block(2, Xp, kc, W, ldw, b, first, Y, ldy); break;
-        default: gemm_block(1, Xp, kc, W, ldw, b, first, Y, ldy); break;
-    }
+/* A switch on mr so that each case has a constant mr and the row loops unroll. */
+#define DEFINE_GEMM_TILE(NAME, BLOCK)                                                                         \
+static void NAME(int mr, const float *Xp, int64_t kc, const float *W, int64_t ldw, const float *b, int first, \
+                 float *Y, int64_t ldy) {                                                                    \
+    switch (mr) {                                                                                            \
+        case 6: BLOCK(6, Xp, kc, W, ldw, b, first, Y, ldy); break;                                           \
+        case 5: BLOCK(5, Xp, kc, W, ldw, b, first, Y, ldy); break;                                           \
+        case 4: BLOCK(4, Xp, kc, W, ldw, b, first, Y, ldy); break;                                           \
+        case 3: BLOCK(3, Xp, kc, W, ldw, b, first, Y, ldy); break;                                           \
+        case 2: BLOCK(2, Xp, kc, W, ldw, b, first, Y, ldy); break;                                           \
+        default: BLOCK(1, Xp, kc, W, ldw, b, first, Y, ldy); break;                                          \
+    }                                                                                                        \
 }
+
+DEFINE_GEMM_BLOCK(gemm_block, v8f, 8)
+DEFINE_GEMM_TILE(gemm_tile, gemm_block)
 
 /* The prompt products read W in panels PW columns wide. With AVX-512, 32: a 6 x 32 block of Y in twelve
  * 16-wide registers, one broadcast of X per two 16-wide multiply-adds (where the 16-wide block needs
@@ -395,43 +402,8 @@ static void gemm_tile(int mr, const float *Xp, int64_t kc, const float *W, int64
 #define PW 32
 typedef float v16f __attribute__((vector_size(64), aligned(4)));
 
-static inline __attribute__((always_inline)) void gemm_block_wide(int mr, const float *restrict Xp, int64_t kc,
-                                                                   const float *restrict W, int64_t ldw,
-                                                                   const float *restrict b, int first,
-                                                                   float *restrict Y, int64_t ldy) {
-    v16f acc[MR][2];
-    if (first) {
-        v16f b0 = {0}, b1 = {0};
-        if (b) { b0 = *(const v16f *)b; b1 = *(const v16f *)(b + 16); }
-        for (int r = 0; r < mr; r++) { acc[r][0] = b0; acc[r][1] = b1; }
-    } else {
-        for (int r = 0; r < mr; r++) { acc[r][0] = *(v16f *)(Y + r * ldy); acc[r][1] = *(v16f *)(Y + r * ldy + 16); }
-    }
-    for (int64_t k = 0; k < kc; k++) {
-        const v16f w0 = *(const v16f *)(W + k * ldw), w1 = *(const v16f *)(W + k * ldw + 16);
-        for (int r = 0; r < mr; r++) {
-            const float xv = Xp[k * MR + r];
-            acc[r][0] += xv * w0;
-            acc[r][1] += xv * w1;
-        }
-    }
-    for (int r = 0; r < mr; r++) {
-        *(v16f *)(Y + r * ldy) = acc[r][0];
-        *(v16f *)(Y + r * ldy + 16) = acc[r][1];
-    }
-}
-
-static void gemm_tile_wide(int mr, const float *Xp, int64_t kc, const float *W, int64_t ldw, const float *b,
-                           int first, float *Y, int64_t ldy) {
-    switch (mr) {
-        case 6: gemm_block_wide(6, Xp, kc, W, ldw, b, first, Y, ldy); break;
-        case 5: gemm_block_wide(5, Xp, kc, W, ldw, b, first, Y, ldy); break;
-        case 4: gemm_block_wide(4, Xp, kc, W, ldw, b, first, Y, ldy); break;
-        case 3: gemm_block_wide(3, Xp, kc, W, ldw, b, first, Y, ldy); break;
-        case 2: gemm_block_wide(2, Xp, kc, W, ldw, b, first, Y, ldy); break;
-        default: gemm_block_wide(1, Xp, kc, W, ldw, b, first, Y, ldy); break;
-    }
-}
+DEFINE_GEMM_BLOCK(gemm_block_wide, v16f, 16)
+DEFINE_GEMM_TILE(gemm_tile_wide, gemm_block_wide)
 #else
 #define PW NR
 #define gemm_tile_wide gemm_tile
