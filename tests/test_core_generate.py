@@ -314,3 +314,29 @@ def test_next_token_distribution_matches_the_models_last_logits():
     long = list(range(300))
     cropped = next_token_distribution(model, long)
     torch.testing.assert_close(cropped.base, next_token_distribution(model, long[-128:]).base)
+
+
+def test_greedy_steps_report_what_the_filtered_distribution_gives():
+    """Greedy with no other filter takes a shortcut; its token and probabilities are the general path's."""
+    import torch
+
+    from gpt2core import GPT2, get_config
+    from gpt2core.generate import stream
+    from gpt2core.sampling import draw, filter_logits
+
+    torch.manual_seed(0)
+    model = GPT2(get_config("tiny")).eval()
+    steps = list(stream(model, [1, 2, 3], 5, temperature=0.0, stop_at_eot=False))
+    ids = [1, 2, 3]
+    for s in steps:
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]))[0, -1]
+        filtered = torch.softmax(filter_logits(logits, 0.0, None, None), -1)
+        token = int(draw(logits, filtered, 0.0))
+        assert s.token_id == token
+        assert abs(s.sampled_prob - float(filtered[token])) < 1e-6
+        assert abs(s.prob - float(torch.softmax(logits, -1)[token])) < 1e-5
+        ids.append(token)
+    tied = torch.zeros(10)
+    tied[[3, 7]] = 5.0                                   # two tied maxima share the greedy mass
+    assert float(torch.softmax(filter_logits(tied, 0.0), -1)[3]) == 0.5
