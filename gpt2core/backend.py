@@ -157,8 +157,8 @@ def _save_choices() -> None:
     try:
         tmp.write_text(json.dumps({"cpu": native.cpu_signature(), "choices": merged}, indent=1, sort_keys=True))
         os.replace(tmp, path)
-    except OSError:
-        pass
+    except OSError:   # a read-only cache: the choice holds for this process and is timed again next time
+        return
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -337,8 +337,8 @@ def _bf16_weight(module) -> tuple[str, torch.Tensor]:
     if w.is_cpu and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
         try:
             return "onednn", torch.ops.mkldnn._reorder_linear_weight(w, 256)
-        except RuntimeError:
-            pass
+        except RuntimeError:   # a oneDNN build without bf16 reorders: the plain tensor works everywhere
+            return "plain", w
     return "plain", w
 
 
