@@ -238,11 +238,6 @@ def forget_choices(on_disk: bool = False) -> None:
             path.unlink()
 
 
-def serves(*tensors: torch.Tensor | None) -> bool:
-    """Whether the native kernels can take these tensors (see native.ready)."""
-    return native.ready(*tensors)
-
-
 # ---- packed weights --------------------------------------------------------------------------------
 
 _packs: dict[int, dict[str, tuple[tuple, object]]] = {}   # id(weight) -> {format: (version key, packed)}
@@ -275,19 +270,6 @@ def pack_key(weight: torch.Tensor, fmt: str) -> tuple | None:
     """The version key of the packed copy kept for this weight and format (None: none kept)."""
     entry = _packs.get(id(weight), {}).get(fmt)
     return None if entry is None else entry[0]
-
-
-def packed_bytes() -> int:
-    """Memory held by the packed copies of every live weight."""
-    total = 0
-    for per_weight in list(_packs.values()):
-        for _key, value in list(per_weight.values()):
-            if torch.is_tensor(value):
-                total += value.numel() * value.element_size()
-            elif isinstance(value, torch.nn.Module):   # a quantised layer: its int8 weight
-                w = value.weight()
-                total += w.numel() * w.element_size()
-    return total
 
 
 # ---- the ops ---------------------------------------------------------------------------------------
