@@ -86,7 +86,7 @@ def wire_link(ctx: AppContext, tab_ids: list[str], presentation, copy_link, link
             gr.Warning(message)
         return updates
 
-    ctx.demo.load(None, js=lecture.page_script(ctx.url.fields))
+    ctx.demo.load(None, js=lecture.page_script(ctx.url))
     link_inputs = [ctx.prompt, ctx.model_choice, presentation, *fields]
     ctx.demo.load(restore, None, [ctx.prompt, ctx.model_choice, ctx.tabs, presentation, *fields],
                   api_visibility="private", show_progress="hidden").then(
@@ -97,6 +97,9 @@ def wire_link(ctx: AppContext, tab_ids: list[str], presentation, copy_link, link
                 "window.explorer.link(prompt, model, present, values), 100); }")
     gr.on([c.change for c in link_inputs], None, link_inputs, None, js=link_js)
     ctx.tabs.select(None, link_inputs, None, js=later_js)
+    # A tab that draws only on its button draws the first time it opens, so no one meets empty frames.
+    ctx.tabs.select(None, None, None, js="() => { setTimeout(() => window.explorer.firstOpen(window.explorer.openTab()), "
+                    "100); }")
     copy_link.click(None, link_inputs, [link_box], js="(prompt, model, present, ...values) => { "
                     "const url = window.explorer.link(prompt, model, present, values); "
                     "navigator.clipboard?.writeText(url).catch(() => {}); return url; }")

@@ -162,24 +162,34 @@ def after_restore_js(state: UrlState) -> str:
     linked tab that draws on demand only, and from now on the address bar follows the controls."""
     return ("(prompt, model, present, ...values) => { document.querySelector('#page-ready')?.click(); "
             "const tab = new URLSearchParams(location.search).get('tab'); "
-            f"const run = ({json.dumps(state.redraw)})[tab]; "
-            "if (run) setTimeout(() => document.getElementById(run)?.click(), 50); "
+            "if (tab) window.explorer.firstOpen(tab); "
             "setTimeout(() => { window.explorer.restored = true; "
             "window.explorer.link(prompt, model, present, values); }, 100); }")
 
 
-def page_script(fields: list[UrlField]) -> str:
-    """The page's JavaScript, run once on load: the link, the figure downloads and presentation mode."""
-    keys = json.dumps([[f.tab, f.key] for f in fields])
-    return (PAGE_JS.replace("__FIELDS__", keys).replace("__SCALE__", str(PRESENTATION_SCALE))
+def page_script(state: UrlState) -> str:
+    """The page's JavaScript, run once on load: the link, the first draw of tabs that draw on demand, the
+    figure downloads and presentation mode."""
+    keys = json.dumps([[f.tab, f.key] for f in state.fields])
+    return (PAGE_JS.replace("__FIELDS__", keys).replace("__REDRAW__", json.dumps(state.redraw))
+            .replace("__SCALE__", str(PRESENTATION_SCALE))
             .replace("__PNG_SCALE__", str(PNG_SCALE)))
 
 
 PAGE_JS = r"""
 () => {
   if (window.explorer) return;
-  const FIELDS = __FIELDS__, BIG = __SCALE__, PNG_SCALE = __PNG_SCALE__;
+  const FIELDS = __FIELDS__, REDRAW = __REDRAW__, BIG = __SCALE__, PNG_SCALE = __PNG_SCALE__;
   const ex = window.explorer = {present: false};
+
+  // ---- a tab that draws on demand presses its own button the first time this page opens it ----
+  const drawn = new Set();
+  ex.firstOpen = (tab) => {
+    const run = REDRAW[tab];
+    if (!run || drawn.has(tab)) return;
+    drawn.add(tab);
+    setTimeout(() => document.getElementById(run)?.click(), 50);
+  };
 
   // ---- the link: the open tab, the prompt, the model and the open tab's settings ----
   ex.openTab = () => {     // gradio names a tab's button <elem_id>-button; ours are tab-<short name>

@@ -64,3 +64,49 @@ def random_batch(ids: torch.Tensor, context_length: int, batch_size: int,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows at random offsets (stride 1): the batch a training step draws. (B, n), (B, n)."""
     return windows_at(ids, random_starts(len(ids), context_length, batch_size, generator), context_length)
+
+
+def repeated_windows(ids: torch.Tensor, base: tuple[torch.Tensor, torch.Tensor], which: torch.Tensor,
+                     generator: torch.Generator, vocab_size: int, random_share: float = 0.5,
+                     min_span: int = 4, max_span: int = 60, ignore_index: int = -100,
+                     pool: torch.Tensor | None = None, fill: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewrite the windows ``which`` of a batch so that a span is followed by itself again: the
+    signal that teaches a model to copy in context (induction heads).
+
+    Each chosen window keeps its own text around the insert: text[:p] + A + A + text[p:...], cut to
+    the window's length. A is L tokens, L uniform in [min_span, max_span] (and at most half the
+    window): with probability ``random_share`` uniform-random token ids (so the second copy can be
+    predicted only by copying), drawn from ``pool`` (default: every id below ``vocab_size``), else a
+    span of the training text from elsewhere. The first copy of a
+    random span (and the first token of the second, which nothing predicts) carries no loss:
+    ``ignore_index`` there. With ``fill``, a random span is instead repeated over the whole window
+    (A + A + A ..., from position 0): many copies, so many targets that only copying predicts.
+    Returns new (x, y); ``base`` is left as it was.
+    """
+    x, y = base[0].clone(), base[1].clone()                                    # (B, n), (B, n)
+    n = x.shape[1]
+    seq_len = n + 1
+    top = max(min_span, min(max_span, seq_len // 2))
+    for b in which.tolist():
+        L = int(torch.randint(min_span, top + 1, (1,), generator=generator))
+        p = int(torch.randint(0, seq_len - 2 * L + 1, (1,), generator=generator))
+        is_random = float(torch.rand((), generator=generator)) < random_share
+        if is_random:
+            if pool is None:
+                span = torch.randint(0, vocab_size, (L,), generator=generator)  # (L,)
+            else:
+                span = pool[torch.randint(0, len(pool), (L,), generator=generator)]  # (L,)
+        else:
+            s = int(torch.randint(0, len(ids) - L + 1, (1,), generator=generator))
+            span = ids[s:s + L]                                                 # (L,)
+        text = torch.cat([x[b, :1], y[b]])                                     # (n + 1,) the window's own text
+        if fill and is_random:
+            p = 0
+            seq = span.repeat(-(-seq_len // L))[:seq_len]                      # (n + 1,) A + A + A ...
+        else:
+            seq = torch.cat([text[:p], span, span, text[p:]])[:seq_len]        # (n + 1,)
+        x[b], y[b] = seq[:-1], seq[1:]
+        if is_random:
+            # Targets y[t] = seq[t + 1]: the first copy is seq[p:p+L], and seq[p+L] starts the second.
+            y[b, max(0, p - 1):p + L] = ignore_index
+    return x, y

@@ -31,6 +31,42 @@ def heldout_loss(model, folder: Path) -> tuple[float, int]:
     return evaluate(model, ids, batch_size=8, max_batches=10_000), len(ids)
 
 
+def copying_report(model, folder: Path) -> dict:
+    """How well the model copies in context, measured: the induction loss (50 random ids repeated twice,
+    16 sequences), repeated held-out passages, and the heads the detector names on a repeated random sequence."""
+    from .circuits import HEAD_TYPES, detect_heads, induction_loss, repeated_random_tokens, repeated_text_loss
+    held = tokenizer.encode((folder / HELDOUT_FILE).read_text(encoding="utf-8"))
+    induction = induction_loss(model, n_tokens=50, batch=16, seed=0)
+    text = repeated_text_loss(model, held, n_tokens=50, n_passages=16)
+    scores, _ = detect_heads(model, repeated_random_tokens(50, 1, seed=0)[0])
+    nh = model.config.n_head
+    heads = {}
+    for kind in HEAD_TYPES:
+        flat = scores[kind].flatten().nan_to_num(-1.0)
+        order = flat.argsort(descending=True)[:3].tolist()
+        heads[kind] = [[i // nh, i % nh, round(float(flat[i]), 3)] for i in order]
+    return {"induction_first": round(induction["first"], 4), "induction_second": round(induction["second"], 4),
+            "induction_second_with_first": round(induction["second_with_first"], 4),
+            "text_first": round(text["first"], 4), "text_second": round(text["second"], 4), "heads": heads}
+
+
+def copying_section(report: dict, before: dict | None) -> str:
+    rows = [("50 random ids, first copy", "induction_first"), ("50 random ids, second copy (tokens 2-50)", "induction_second"),
+            ("50 random ids, second copy (all 50)", "induction_second_with_first"),
+            ("held-out passages of 50 tokens, first time", "text_first"),
+            ("held-out passages, second time (tokens 2-50)", "text_second")]
+    head = "| sequence | loss (nats/token) |" + (" before (the previous bundled model) |" if before else "")
+    line = "|---|---|" + ("---|" if before else "")
+    body = "\n".join(f"| {label} | {report[key]:.3f} |" + (f" {before[key]:.3f} |" if before else "")
+                      for label, key in rows)
+    named = "; ".join(f"{kind.replace('_', '-')}: " + ", ".join(f"{l}.{h} ({s:.2f})" for l, h, s in report["heads"][kind])
+                      for kind in report["heads"])
+    return (f"{head}\n{line}\n{body}\n\nEach row: [<|endoftext|>] + S + S for 16 sequences S, the mean loss over the "
+            f"tokens of one copy; the second copy's first token is left out where it says so (nothing before it "
+            f"predicts it). The head detector (`gpt2core.circuits.detect_heads`, on one sequence of 50 random ids "
+            f"repeated, seed 0) names as the top three heads (layer.head, score): {named}.")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gpt2core.modelcard", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,6 +76,8 @@ def main(argv=None) -> int:
     ap.add_argument("--heldout-tokens", type=int, default=16_384)
     ap.add_argument("--name", default="shakespeare (bundled)")
     ap.add_argument("--commands", default="", help="markdown with the exact commands used")
+    ap.add_argument("--training-notes", default="", help="markdown on how the run's data was mixed")
+    ap.add_argument("--before", default=None, help="an earlier checkpoint to compare the copying figures with")
     args = ap.parse_args(argv)
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,10 +96,12 @@ def main(argv=None) -> int:
         shutil.copy(run / name, out / name)
     model = load(run)
     loss, n_tokens = heldout_loss(model, out)
+    copying = copying_report(model, out)
+    before = copying_report(load(args.before), out) if args.before else None
     last = log["eval"][-1]
     doc.update({"display_name": args.name,
                 "heldout": {"file": HELDOUT_FILE, "tokens": n_tokens, "loss": round(loss, 5)},
-                "val_loss": last["val_loss"], "train_loss": last["train_loss"]})
+                "val_loss": last["val_loss"], "train_loss": last["train_loss"], "copying": copying})
     (out / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
     cfg = doc["config"]
@@ -118,6 +158,11 @@ Final: train loss {last['train_loss']:.3f}, validation loss {last['val_loss']:.3
 **{loss:.4f}** ({n_tokens:,} tokens). The tests re-measure it.
 
 ![loss curve]({LOSS_PNG})
+
+{args.training_notes}
+
+## In-context copying (induction heads)
+{copying_section(copying, before)}
 
 ## Reproduce
 {args.commands or '(see the commands in the README)'}

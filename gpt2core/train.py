@@ -32,8 +32,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import tokenizer
+from .circuits import induction_loss
 from .config import GPT2Config
-from .data import SlidingWindowDataset, random_starts, split_ids, windows_at
+from .data import SlidingWindowDataset, random_starts, repeated_windows, split_ids, windows_at
 from .generate import generate
 from .model import GPT2
 from .weights import WEIGHTS_FILE, load, save
@@ -41,6 +42,8 @@ from .weights import WEIGHTS_FILE, load, save
 OPTIM_FILE, LOG_FILE, LOSS_PNG = "optimizer.safetensors", "log.json", "loss.png"
 IGNORE_INDEX = -100          # a target that carries no loss (prompt and padding in instruction tuning)
 PRECISIONS = ("fp32", "bf16", "fp16")
+REPEAT_POOLS = ("vocab", "text", "common")   # common: the COMMON_IDS most frequent ids of the training text
+COMMON_IDS = 2048
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -64,6 +67,10 @@ class TrainSettings:
     precision: str = "fp32"   # autocast dtype for the matmuls; weights and optimiser stay fp32
     grad_accum: int = 1       # micro-batches of batch_size per step and rank, gradients summed
     compile: bool = False     # torch.compile the forward and loss
+    repeat_fraction: float = 0.0   # share of each batch's windows in which a span repeats (data.repeated_windows)
+    repeat_random_share: float = 0.5   # of those, the share whose span is random token ids
+    repeat_pool: str = "vocab"   # random ids from: the whole vocabulary, the ids of the training text, its commonest
+    repeat_fill: bool = False    # a random span repeats over its whole window, not just twice
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.grad_accum < 1:
@@ -72,6 +79,10 @@ class TrainSettings:
             raise ValueError("lr must be > 0 and min_lr >= 0")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not (0 <= self.repeat_fraction <= 1 and 0 <= self.repeat_random_share <= 1):
+            raise ValueError("repeat_fraction and repeat_random_share must be in [0, 1]")
+        if self.repeat_pool not in REPEAT_POOLS:
+            raise ValueError(f"repeat_pool must be one of {', '.join(REPEAT_POOLS)}, got {self.repeat_pool!r}")
         if self.bf16:
             if self.precision == "fp16":
                 raise ValueError("bf16=True contradicts precision='fp16'")
@@ -253,10 +264,34 @@ class Trainer:
         per_rank = s.batch_size * s.grad_accum
         g = torch.Generator().manual_seed(s.seed * 1_000_003 + self.step)
         starts = random_starts(len(self.train_ids), n, per_rank * self.world_size, g)
-        mine = starts[self.rank * per_rank:(self.rank + 1) * per_rank]
-        batches = [windows_at(self.train_ids, mine[k * s.batch_size:(k + 1) * s.batch_size], n)
+        if not s.repeat_fraction:
+            mine = starts[self.rank * per_rank:(self.rank + 1) * per_rank]
+            batches = [windows_at(self.train_ids, mine[k * s.batch_size:(k + 1) * s.batch_size], n)
+                       for k in range(s.grad_accum)]
+            return batches, per_rank * self.world_size * n
+        # The whole global batch is drawn (and rewritten) on every rank, so every rank agrees on it
+        # and on how many of its targets count.
+        x, y = windows_at(self.train_ids, starts, n)                                # (B, n), (B, n)
+        which = torch.nonzero(torch.rand(len(starts), generator=g) < s.repeat_fraction).flatten()
+        x, y = repeated_windows(self.train_ids, (x, y), which, g, self.model.config.vocab_size,
+                                s.repeat_random_share, ignore_index=IGNORE_INDEX, pool=self.repeat_pool_ids(),
+                                fill=s.repeat_fill)
+        n_targets = int((y != IGNORE_INDEX).sum())
+        x, y = x[self.rank * per_rank:(self.rank + 1) * per_rank], y[self.rank * per_rank:(self.rank + 1) * per_rank]
+        batches = [(x[k * s.batch_size:(k + 1) * s.batch_size], y[k * s.batch_size:(k + 1) * s.batch_size])
                    for k in range(s.grad_accum)]
-        return batches, per_rank * self.world_size * n
+        return batches, n_targets
+
+    def repeat_pool_ids(self) -> torch.Tensor | None:
+        """The ids random spans are drawn from (None: the whole vocabulary), found once."""
+        pool = self.settings.repeat_pool
+        if pool == "vocab":
+            return None
+        if getattr(self, "_pool", None) is None:
+            counts = torch.bincount(self.train_ids, minlength=self.model.config.vocab_size)    # (V,)
+            held = torch.nonzero(counts).flatten()
+            self._pool = held if pool == "text" else counts.argsort(descending=True, stable=True)[:min(COMMON_IDS, len(held))]
+        return self._pool
 
     def train_step(self) -> float:
         s, model = self.settings, self.model
@@ -312,6 +347,9 @@ class Trainer:
                  "val_ppl": math.exp(min(val_loss, 50)),
                  "tokens_seen": self.step * self.effective_batch * self.model.config.n_ctx,
                  "sample": sample_text(self.model, s.sample_prompt, s.sample_tokens)}
+        if s.repeat_fraction and 2 * 50 + 1 <= self.model.config.n_ctx:
+            induction = induction_loss(self.model, n_tokens=50, batch=8, seed=self.step)
+            entry["induction"] = {"first": induction["first"], "second": induction["second"]}
         self.log["eval"].append(entry)
         return entry
 
@@ -466,6 +504,16 @@ def main(argv=None) -> int:
     ap.add_argument("--until", type=int, default=0,
                     help="stop after this step and save (the schedule still runs to --steps); --resume goes on")
     ap.add_argument("--fp16", action="store_true", help="store the final weights in fp16")
+    ap.add_argument("--repeat-fraction", type=float, default=0.0,
+                    help="share of each batch's windows in which a span is followed by itself again "
+                         "(teaches in-context copying; see gpt2core.data.repeated_windows)")
+    ap.add_argument("--repeat-random-share", type=float, default=0.5,
+                    help="of those windows, the share whose span is random token ids (the rest: text)")
+    ap.add_argument("--repeat-pool", choices=REPEAT_POOLS, default="vocab",
+                    help="random ids from the whole vocabulary, the ids the training text holds, or its "
+                         f"{COMMON_IDS} commonest")
+    ap.add_argument("--repeat-fill", action="store_true",
+                    help="a random span repeats over its whole window (A A A ...), not just twice")
     add_scale_args(ap)
     args = ap.parse_args(argv)
     if args.threads:
@@ -477,7 +525,9 @@ def main(argv=None) -> int:
                                  grad_clip=args.grad_clip, eval_every=args.eval_every,
                                  eval_batches=args.eval_batches, val_fraction=args.val_fraction, seed=args.seed,
                                  sample_prompt=args.prompt, precision=precision_of(args),
-                                 grad_accum=args.grad_accum, compile=args.compile)
+                                 grad_accum=args.grad_accum, compile=args.compile,
+                                 repeat_fraction=args.repeat_fraction, repeat_random_share=args.repeat_random_share,
+                                 repeat_pool=args.repeat_pool, repeat_fill=args.repeat_fill)
     except ValueError as e:
         ap.error(str(e))
 
@@ -514,8 +564,10 @@ def main(argv=None) -> int:
         bar.update(1)
         if "eval" in event:
             e = event["eval"]
+            ind = (f"  induction {e['induction']['first']:.2f} -> {e['induction']['second']:.2f}"
+                   if "induction" in e else "")
             bar.write(f"step {e['step']}: train {e['train_loss']:.4f}  val {e['val_loss']:.4f}  "
-                      f"ppl {e['val_ppl']:.1f}  | {e['sample']!r}")
+                      f"ppl {e['val_ppl']:.1f}{ind}  | {e['sample']!r}")
         if args.save_every and trainer.step % args.save_every == 0 and main_rank:
             trainer.log["tokens_per_second"] = rate
             trainer.save(out, extra=extra)

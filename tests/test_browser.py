@@ -104,3 +104,24 @@ def test_every_tab_is_in_the_tab_bar(page):
     """At 1400 px no tab falls into gradio's overflow menu (where a student would not see it)."""
     titles = [t.TITLE for t in load_tabs()]
     assert page.get_by_role("tab").all_inner_texts()[:len(titles)] == titles
+
+
+def test_circuits_tab_detects_heads_and_patches_on_first_open(page):
+    """The Circuits tab: the head detector has drawn on page load; the patching maps draw the first time the
+    tab opens, without a click; a head chosen in the menu opens its pattern."""
+    page.goto(page.url.split("?")[0], wait_until="load")
+    page.locator("#prompt").wait_for(timeout=30_000)
+    page.get_by_role("tab", name="Circuits").click()
+    panel = page.locator("#tab-circuits")
+    for plot in ("loss", "induction", "previous-token", "pattern", "resid", "attn", "mlp", "heads"):
+        panel.locator(f"#circuits-{plot} .js-plotly-plot").wait_for(state="visible", timeout=90_000)
+    assert "first copy" in page.locator("#circuits-detector-summary").inner_text()
+    assert "Metric: logit(" in page.locator("#circuits-patch-summary").inner_text()
+    menu = page.locator("#circuits-head input")
+    menu.fill("0.1")
+    menu.press("Enter")
+    panel.locator("#circuits-pattern .gtitle", has_text="Head 0.1").wait_for(timeout=30_000)
+    page.wait_for_timeout(800)
+    no_error_toast(page)
+    page.screenshot(path=str(ARTIFACTS / "circuits-tab.png"), full_page=True)
+    assert not page.errors, page.errors

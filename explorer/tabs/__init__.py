@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import importlib
 
-# precision_tab after compare_tab: it is a contrast too, one model on one prompt in four number formats.
+# circuits_tab after why_tab: both take the prediction apart. precision_tab after compare_tab: it is a contrast too, one model on one prompt in four number formats.
 TAB_MODULES = ["tokenizer_tab", "walkthrough_tab", "embeddings_tab", "attention_tab", "layernorm_tab",
-               "gelu_tab", "sampling_tab", "why_tab", "score_tab", "compare_tab", "precision_tab", "generate_tab",
+               "gelu_tab", "sampling_tab", "why_tab", "circuits_tab", "score_tab", "compare_tab", "precision_tab", "generate_tab",
                "train_tab", "model_tab"]
 
 
