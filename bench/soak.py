@@ -1,0 +1,201 @@
+"""A lecture hall in a box: python -m bench.soak [--clients 12] [--minutes 10] [--warmup 2] [--model bundled|gpt2]
+
+Starts the app as its own process (``python app.py``, so the memory read is the server's alone) on a free
+loopback port, then N gradio_client users call the view endpoints at random, each waiting for its answer
+before the next call, for a warm-up round and then M minutes. Every minute it prints the server's resident
+memory (VmRSS of the process); at the end, each endpoint's latency as the users saw it (median, p95, max,
+from the call to its last result, queueing included), the calls and the errors. ``--model gpt2`` serves
+GPT-2 124M with random weights (written to a temporary folder first), the size a Space serves.
+
+Only loopback is contacted; the loop stops by itself after warm-up + M minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Training and model-making endpoints are left out: a user trains once, not a call a second. /generate stays in
+# (long work that must not starve the cheap views), at 20 new tokens.
+SKIP = {"/train", "/train_use", "/train_instruct", "/select_model", "/lambda"}
+LONG = {"/generate", "/why_scan", "/precision_view", "/circuits_patch", "/train", "/train_instruct"}
+PROMPTS = ["To be, or not to be, that is the question:", "ROMEO. Romeo and Juliet.\nROMEO. Romeo and",
+           "My lord, my lord, my lord, my", "KING HENRY.\nNow, lords, to France; and let us all be gone.",
+           "The cat sat on the mat because it was tired, and then the cat slept on the mat all day long."]
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, from /proc (MiB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_app(port: int, weights: str | None) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--host", "127.0.0.1"]
+    if weights:
+        cmd += ["--weights", weights]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    import urllib.request
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited: {proc.stderr.read()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2).read(100)
+            return
+        except OSError:
+            time.sleep(1)
+    raise RuntimeError(f"the app did not answer at {url} within {timeout:.0f} s")
+
+
+def endpoint_calls(client, model_name: str) -> list[tuple[str, list]]:
+    """(api_name, args) for every view endpoint, built from each endpoint's own parameters."""
+    from bench.__main__ import endpoint_args
+    named = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    calls = []
+    for name, spec in sorted(named.items()):
+        if name in SKIP:
+            continue
+        spec = {**spec, "api_name": name}
+        for prompt in PROMPTS:
+            args = endpoint_args(spec, prompt, model_name)
+            if name == "/generate":
+                args = [20 if p["parameter_name"] == "n_new" else a for p, a in zip(spec["parameters"], args)]
+            calls.append((name, args))
+    return calls
+
+
+def user(url: str, calls, stop: threading.Event, record, seed: int) -> None:
+    from gradio_client import Client
+    client = Client(url, verbose=False, ssl_verify=False)
+    rng = random.Random(seed)
+    while not stop.is_set():
+        name, args = rng.choice(calls)
+        t0 = time.perf_counter()
+        try:
+            client.predict(*args, api_name=name)
+            record(name, time.perf_counter() - t0, None)
+        except Exception as e:  # noqa: BLE001 - counted and reported
+            record(name, time.perf_counter() - t0, f"{type(e).__name__}: {str(e)[:100]}")
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def soak(clients: int, minutes: float, warmup: float, model: str) -> list[str]:
+    from gradio_client import Client
+
+    from bench.__main__ import free_port, machine
+    tmp = None
+    weights = None
+    if model == "gpt2":
+        import torch
+
+        from gpt2core import GPT2, save
+        torch.manual_seed(0)
+        tmp = tempfile.TemporaryDirectory()
+        weights = str(Path(tmp.name) / "gpt2-random")
+        save(GPT2.from_preset("gpt2", dropout=0.0), weights)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    proc = start_app(port, weights)
+    lines = [f"soak: {machine()}; model {model}; {clients} clients; warm-up {warmup:g} min, then {minutes:g} min"]
+    print(lines[0], flush=True)
+    try:
+        wait_up(url, proc)
+        probe = Client(url, verbose=False, ssl_verify=False)
+        model_name = probe.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        model_name = next(p["parameter_default"] for spec in model_name.values() for p in spec["parameters"]
+                          if p["component"] == "Dropdown" and "model" in p["parameter_name"])
+        calls = endpoint_calls(probe, model_name)
+        results: list[tuple[float, str, float, str | None]] = []
+        lock = threading.Lock()
+        t_start = time.monotonic()
+
+        def record(name, seconds, error):
+            with lock:
+                results.append((time.monotonic() - t_start, name, seconds, error))
+
+        stop = threading.Event()
+        threads = [threading.Thread(target=user, args=(url, calls, stop, record, i), daemon=True)
+                   for i in range(clients)]
+        for t in threads:
+            t.start()
+        total = warmup + minutes
+        rss = []
+        for minute in range(int(total) + 1):
+            elapsed = time.monotonic() - t_start
+            time.sleep(max(0.0, minute * 60 - elapsed))
+            with lock:
+                n, errs = len(results), sum(1 for r in results if r[3])
+            rss.append(rss_mib(proc.pid))
+            line = f"  minute {minute:>3}: RSS {rss[-1]:,.0f} MiB, {n} calls, {errs} errors"
+            lines.append(line)
+            print(line, flush=True)
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+        w = int(warmup)
+        base, end = rss[w], rss[-1]
+        lines.append(f"  RSS after warm-up {base:,.0f} MiB -> {end:,.0f} MiB after {minutes:g} more minutes: "
+                     f"{(end / base - 1) * 100:+.1f}% (target <= +5%)")
+        measured = [r for r in results if r[0] >= warmup * 60]
+        lines.append("  latency after warm-up, per endpoint (median / p95 / max, s; calls; errors):")
+        for name in sorted({r[1] for r in measured}):
+            times = [r[2] for r in measured if r[1] == name]
+            errors = [r[3] for r in measured if r[1] == name and r[3]]
+            tag = " (long work)" if name in LONG else ""
+            lines.append(f"    {name}{tag}: {statistics.median(times):.2f} / {pct(times, 0.95):.2f} / {max(times):.2f}; "
+                         f"{len(times)}; {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
+        cheap = [r[2] for r in measured if r[1] not in LONG]
+        lines.append(f"  every view but the long ones: p95 {pct(cheap, 0.95):.2f} s over {len(cheap)} calls (target <= 2 s)")
+        return lines
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=12)
+    ap.add_argument("--minutes", type=float, default=10, help="measured minutes after the warm-up")
+    ap.add_argument("--warmup", type=float, default=2, help="warm-up minutes (whole minutes)")
+    ap.add_argument("--model", choices=["bundled", "gpt2"], default="bundled")
+    ap.add_argument("--out", help="also append the results to this markdown file")
+    args = ap.parse_args(argv)
+    lines = soak(args.clients, args.minutes, args.warmup, args.model)
+    printed = 2 + int(args.warmup + args.minutes)     # the heading and the minute lines went out as they came
+    print("\n".join(lines[printed:]))
+    if args.out:
+        with open(args.out, "a", encoding="utf-8") as f:
+            f.write("\n".join(f"- {line}" for line in lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
