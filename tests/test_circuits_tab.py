@@ -14,7 +14,7 @@ from explorer.tabs.circuits_tab import PATCH_EXAMPLES
 from gpt2core import GPT2, circuits, get_config
 from tests.conftest import plot_json
 
-CLEAN, CORRUPT = PATCH_EXAMPLES[0][:2]
+CLEAN, CORRUPT, ANSWER, WRONG = PATCH_EXAMPLES[0]
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +118,22 @@ def test_detect_endpoint(client, registry):
 
 
 def test_patch_endpoint(client, registry):
-    summary, resid, attn, mlp, heads = client.predict(CLEAN, CORRUPT, "", "", registry.default,
-                                                             api_name="/circuits_patch")
-    view = patching_view(registry.get(registry.default).model, CLEAN, CORRUPT)
+    summary, resid, attn, mlp, heads = client.predict(CLEAN, CORRUPT, ANSWER, WRONG, registry.default,
+                                                      api_name="/circuits_patch")
+    view = patching_view(registry.get(registry.default).model, CLEAN, CORRUPT, ANSWER, WRONG)
     assert summary == view.summary
     for fig, kind in ((resid, "resid_pre"), (attn, "attn_out"), (mlp, "mlp_out"), (heads, "heads")):
         z = np.array(plot_json(fig)["data"][0]["z"], dtype=float)
         np.testing.assert_allclose(z, view.scores[kind], atol=2e-3)
+
+
+@pytest.mark.parametrize("example", PATCH_EXAMPLES, ids=lambda e: e[0][:20])
+def test_every_example_pair_patches_on_the_bundled_model(registry, example):
+    """Same token counts, single-token answers the two prompts disagree on, and a summary that says how
+    strongly the model tells them apart (the bundled model barely does on most pairs)."""
+    view = patching_view(registry.get(registry.default).model, *example)
+    assert view.scores["resid_pre"].shape[1] == len(view.clean_tokens)
+    assert ("Careful" in view.summary) == (view.gap < 0.5)
 
 
 def test_bad_input_is_a_clean_error(client, registry):

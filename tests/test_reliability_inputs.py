@@ -50,7 +50,10 @@ LEGIT = {("/attention_view", "query_v", "none"): "None (like -1) means the last 
 OPTIONAL_TEXT = {("/why_lens", "target_v"), ("/why_attribution", "target_v"), ("/why_attribution", "contrast_v"),
                  ("/why_ablate", "target_v"), ("/why_ablate", "mlps_v"), ("/why_scan", "target_v"),
                  # The prompt only adds choices to the token list, or is projected when chosen instead of the words.
-                 ("/embeddings_neighbours", "text"), ("/embeddings_projection", "text")}
+                 ("/embeddings_neighbours", "text"), ("/embeddings_projection", "text"),
+                 # The detector reads the prompt only when told to score it, not the random tokens.
+                 ("/circuits_detect", "text"), ("/circuits_head", "text"),
+                 ("/circuits_patch", "answer_v"), ("/circuits_patch", "wrong_v")}
 # Endpoints whose outputs show the prompt's notices (cut, control characters, surrogates, EOT).
 NOTICE_ENDPOINTS = {"/tokenizer_breakdown", "/attention_view", "/layernorm_view", "/gelu_view",
                     "/sampling_distribution", "/generate", "/precision_view"}

@@ -19,6 +19,7 @@ SOURCES = (RANDOM, PROMPT)
 MAX_RANDOM_TOKENS = 60          # 1 + 2 x 60 = 121 tokens: inside the bundled model's 128-token context
 MAX_PATCH_TOKENS = 64           # a sweep makes 3 x L x T + L x nh patched runs: bounded in T
 TOP_HEADS = 3                   # heads named per type in the summary
+WEAK_GAP = 0.5                  # nats: a clean-corrupted metric gap below this is called weak
 
 
 @dataclass
@@ -106,7 +107,13 @@ class PatchingView:
     corrupt_tokens: list[str]
     answer: int
     wrong: int
+    gap: float                      # |clean metric - corrupted metric| in nats: how much the change matters
     summary: str
+
+
+def _listed(pieces: list[str], most: int = 8) -> str:
+    """Token texts joined for a message, the first ``most`` of them (a message must not echo a long input)."""
+    return " | ".join(pieces[:most]) + (f" | … {len(pieces) - most} more" if len(pieces) > most else "")
 
 
 def _answer(text, what: str, V: int) -> int | None:
@@ -114,8 +121,9 @@ def _answer(text, what: str, V: int) -> int | None:
     token = parse_token(text, what, V)
     if token.notice:
         pieces = tokenizer.encode(tokenizer.clean_text(text))
-        raise InputError(f"The {what} {text!r} is {len(pieces)} tokens ("
-                         f"{' | '.join(token_text(i) for i in pieces)}); the metric compares two single tokens. "
+        shown = repr(text) if len(text) <= 40 else repr(text[:40]) + "…"
+        raise InputError(f"The {what} {shown} is {len(pieces)} tokens ("
+                         f"{_listed([token_text(i) for i in pieces])}); the metric compares two single tokens. "
                          f"Type one token, e.g. {token_text(pieces[0])!r}, or #id.")
     return token.id
 
@@ -131,8 +139,8 @@ def patch_prompts(model: GPT2, clean_text, corrupt_text) -> tuple[list[int], lis
     if len(clean.ids) != len(corrupt.ids):
         raise InputError(f"The two prompts must have the same number of tokens, so that each position of one "
                          f"has a partner in the other: the clean prompt has {len(clean.ids)} tokens "
-                         f"({' | '.join(clean.tokens)}), the corrupted one {len(corrupt.ids)} "
-                         f"({' | '.join(corrupt.tokens)}).")
+                         f"({_listed(clean.tokens)}), the corrupted one {len(corrupt.ids)} "
+                         f"({_listed(corrupt.tokens)}).")
     if clean.ids == corrupt.ids:
         raise InputError("The two prompts are the same tokens: patching one into the other changes nothing. "
                          "Change a word in the corrupted prompt.")
@@ -172,4 +180,8 @@ def patching_view(model: GPT2, clean_text, corrupt_text, answer_text="", wrong_t
                f"({scores['attn_out'][attn_best]:.2f}), MLP output of layer {mlp_best[0]} at position {mlp_best[1]} "
                f"({scores['mlp_out'][mlp_best]:.2f}); heads "
                + ", ".join(f"{l}.{h} ({s:.2f})" for l, h, s in heads) + f". {sweep.n_runs} patched runs.")
-    return PatchingView(scores, ctoks, [token_text(i) for i in corrupt], sweep.answer, sweep.wrong, summary)
+    gap = abs(sweep.clean_diff - sweep.corrupt_diff)
+    if gap < WEAK_GAP:
+        summary += (f" Careful: the changed word moves the metric by only {gap:.2f} nats, so this model barely "
+                    f"tells the two prompts apart, and the 0-to-1 scale magnifies small effects.")
+    return PatchingView(scores, ctoks, [token_text(i) for i in corrupt], sweep.answer, sweep.wrong, gap, summary)

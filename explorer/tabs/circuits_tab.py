@@ -37,10 +37,13 @@ residual-stream map top to bottom to watch the information move from the changed
 - Both prompts must have the same number of tokens. Head outputs are patched at every position at once.
 """
 PATCH_EXAMPLES = [
-    # Induction first: the first "Romeo" is what the second one copies its next token from.
-    ["ROMEO. Romeo and Juliet.\nROMEO. Romeo and", "ROMEO. Romeo and Tybalt.\nROMEO. Romeo and", "", ""],
-    ["My lord, my lord, my lord, my", "My lord, my king, my lord, my", "", ""],
-    ["KING HENRY.\nNow, lords, to France.\n\nKING", "QUEEN MARGARET.\nNow, lords, to France.\n\nKING", "", ""],
+    # Induction first: a copying model answers the second "Romeo and" with whatever followed the first one.
+    ["ROMEO. Romeo and Juliet.\nROMEO. Romeo and", "ROMEO. Romeo and Helena.\nROMEO. Romeo and", " Juliet", " Helena"],
+    # The bundled model's clearest response to one changed word (a 0.75-nat swing between " king" and " King").
+    ["A room in the", "A street in the", "", ""],
+    # Indirect-object identification, the circuit GPT-2 124M is known for (load its weights to see it).
+    ["When Mary and John went to the store, John gave a drink to",
+     "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"],
 ]
 
 
@@ -73,8 +76,8 @@ def build(ctx: AppContext) -> None:
         corrupt = gr.Textbox(PATCH_EXAMPLES[0][1], label="Corrupted prompt (same number of tokens)", lines=2,
                              elem_id="circuits-corrupt")
     with gr.Row():
-        answer = gr.Textbox("", label="Answer token (empty: the clean prompt's top token)", elem_id="circuits-answer")
-        wrong = gr.Textbox("", label="Wrong-answer token (empty: the corrupted prompt's top token)",
+        answer = gr.Textbox(PATCH_EXAMPLES[0][2], label="Answer token (empty: the clean prompt's top token)", elem_id="circuits-answer")
+        wrong = gr.Textbox(PATCH_EXAMPLES[0][3], label="Wrong-answer token (empty: the corrupted prompt's top token)",
                            elem_id="circuits-wrong")
     gr.Examples(PATCH_EXAMPLES, inputs=[clean, corrupt, answer, wrong],
                 label="Example pairs (clean, corrupted, answer, wrong answer)", elem_id="circuits-examples")
