@@ -58,7 +58,7 @@ def main() -> None:
     import threading
 
     from explorer import build_app, build_registry
-    from explorer.app import CSS
+    from explorer.app import CSS, SESSIONS_KEPT
     from explorer.session import resolve_device
     from gpt2core import native
 
@@ -90,7 +90,7 @@ def main() -> None:
         from gpt2core import backend
         print(f"bf16: {backend.bf16_units()[1]}", flush=True)
     build_app(registry).launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS,
-                               show_error=True)
+                               show_error=True, state_session_capacity=SESSIONS_KEPT)
 
 
 if __name__ == "__main__":

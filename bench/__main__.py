@@ -372,7 +372,8 @@ LONG = {"/why_scan": "144 ablations for GPT-2 124M; its target, 10 s at 16 token
 # Values an endpoint needs where its control's default would be refused (an empty ablation set).
 ENDPOINT_VALUES = {"/why_ablate": {"heads_v": "0.0, 1.1"},
                    # a sweep's prompts are at most 64 tokens: 16, as `bench circuits` times it, the first changed
-                   "/circuits_patch": {"clean_v": "the" + " the" * 15, "corrupt_v": "a" + " the" * 15}}
+                   "/circuits_patch": {"clean_v": "the" + " the" * 15, "corrupt_v": "a" + " the" * 15,
+                                       "answer_v": "", "wrong_v": ""}}
 
 
 def endpoint_args(spec: dict, prompt: str, model_name: str) -> list:

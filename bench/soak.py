@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -30,6 +31,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # (long work that must not starve the cheap views), at 20 new tokens.
 SKIP = {"/train", "/train_use", "/train_instruct", "/select_model", "/lambda"}
 LONG = {"/generate", "/why_scan", "/precision_view", "/circuits_patch", "/train", "/train_instruct"}
+LAST_POSITION = {"position_v", "query_v"}
+
+
+def _has_a_token(out) -> bool:
+    """A /generate update that shows a generated token (its first update is only "generating…")."""
+    html = out[1] if isinstance(out, (list, tuple)) and len(out) > 1 else ""
+    return isinstance(html, str) and ("generating…" not in html or re.search(r"generating… \d", html) is not None)
+
+
+# generators -> which of their updates counts: the time to it is reported as "<name> first token"
+STREAMED = {"/generate": _has_a_token}
+FIRST = " first token"
 PROMPTS = ["To be, or not to be, that is the question:", "ROMEO. Romeo and Juliet.\nROMEO. Romeo and",
            "My lord, my lord, my lord, my", "KING HENRY.\nNow, lords, to France; and let us all be gone.",
            "The cat sat on the mat because it was tired, and then the cat slept on the mat all day long."]
@@ -43,11 +56,29 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def start_app(port: int, weights: str | None) -> subprocess.Popen:
+def heap_mib(pid: int) -> tuple[float, float]:
+    """(resident MiB of malloc's main heap, of the other anonymous mappings: thread arenas, pymalloc, torch),
+    from /proc/<pid>/smaps."""
+    heap = anon = 0
+    name = None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        first = line.split(maxsplit=6)
+        if "-" in first[0] and len(first) >= 5 and not first[0].endswith(":"):
+            name = first[5] if len(first) > 5 else ""
+        elif line.startswith("Rss:"):
+            kb = int(first[1])
+            if name == "[heap]":
+                heap += kb
+            elif name == "":
+                anon += kb
+    return heap / 1024, anon / 1024
+
+
+def start_app(port: int, weights: str | None, extra_env: dict[str, str]) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--host", "127.0.0.1"]
     if weights:
         cmd += ["--weights", weights]
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **extra_env}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -76,6 +107,8 @@ def endpoint_calls(client, model_name: str) -> list[tuple[str, list]]:
         spec = {**spec, "api_name": name}
         for prompt in PROMPTS:
             args = endpoint_args(spec, prompt, model_name)
+            # The positions' defaults fit the default prompt; -1 (the last token) fits every prompt.
+            args = [-1 if p["parameter_name"] in LAST_POSITION else a for p, a in zip(spec["parameters"], args)]
             if name == "/generate":
                 args = [20 if p["parameter_name"] == "n_new" else a for p, a in zip(spec["parameters"], args)]
             calls.append((name, args))
@@ -90,7 +123,17 @@ def user(url: str, calls, stop: threading.Event, record, seed: int) -> None:
         name, args = rng.choice(calls)
         t0 = time.perf_counter()
         try:
-            client.predict(*args, api_name=name)
+            if name in STREAMED:
+                # A streamed answer: the time to its first update is what a watching user feels.
+                job = client.submit(*args, api_name=name)
+                first = None
+                for out in job:
+                    if first is None and STREAMED[name](out):
+                        first = time.perf_counter() - t0
+                job.result()
+                record(name + FIRST, first if first is not None else time.perf_counter() - t0, None)
+            else:
+                client.predict(*args, api_name=name)
             record(name, time.perf_counter() - t0, None)
         except Exception as e:  # noqa: BLE001 - counted and reported
             record(name, time.perf_counter() - t0, f"{type(e).__name__}: {str(e)[:100]}")
@@ -101,7 +144,7 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def soak(clients: int, minutes: float, warmup: float, model: str) -> list[str]:
+def soak(clients: int, minutes: float, warmup: float, model: str, extra_env: dict[str, str] | None = None) -> list[str]:
     from gradio_client import Client
 
     from bench.__main__ import free_port, machine
@@ -117,8 +160,10 @@ def soak(clients: int, minutes: float, warmup: float, model: str) -> list[str]:
         save(GPT2.from_preset("gpt2", dropout=0.0), weights)
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    proc = start_app(port, weights)
-    lines = [f"soak: {machine()}; model {model}; {clients} clients; warm-up {warmup:g} min, then {minutes:g} min"]
+    extra_env = extra_env or {}
+    proc = start_app(port, weights, extra_env)
+    lines = [f"soak: {machine()}; model {model}; {clients} clients; warm-up {warmup:g} min, then {minutes:g} min"
+             + "".join(f"; {k}={v}" for k, v in extra_env.items())]
     print(lines[0], flush=True)
     try:
         wait_up(url, proc)
@@ -148,7 +193,9 @@ def soak(clients: int, minutes: float, warmup: float, model: str) -> list[str]:
             with lock:
                 n, errs = len(results), sum(1 for r in results if r[3])
             rss.append(rss_mib(proc.pid))
-            line = f"  minute {minute:>3}: RSS {rss[-1]:,.0f} MiB, {n} calls, {errs} errors"
+            heap, anon = heap_mib(proc.pid)
+            line = (f"  minute {minute:>3}: RSS {rss[-1]:,.0f} MiB (main heap {heap:,.0f}, other anonymous "
+                    f"{anon:,.0f}), {n} calls, {errs} errors")
             lines.append(line)
             print(line, flush=True)
         stop.set()
@@ -166,7 +213,12 @@ def soak(clients: int, minutes: float, warmup: float, model: str) -> list[str]:
             tag = " (long work)" if name in LONG else ""
             lines.append(f"    {name}{tag}: {statistics.median(times):.2f} / {pct(times, 0.95):.2f} / {max(times):.2f}; "
                          f"{len(times)}; {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
-        cheap = [r[2] for r in measured if r[1] not in LONG]
+        cheap = [r[2] for r in measured if r[1] not in LONG and not r[1].endswith(FIRST)]
+        for name in sorted(STREAMED):
+            firsts = [r[2] for r in measured if r[1] == name + FIRST]
+            if firsts:
+                lines.append(f"  {name}: first token shown, p95 {pct(firsts, 0.95):.2f} s over {len(firsts)} calls "
+                             f"(target <= 2 s)")
         lines.append(f"  every view but the long ones: p95 {pct(cheap, 0.95):.2f} s over {len(cheap)} calls (target <= 2 s)")
         return lines
     finally:
@@ -187,8 +239,11 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=2, help="warm-up minutes (whole minutes)")
     ap.add_argument("--model", choices=["bundled", "gpt2"], default="bundled")
     ap.add_argument("--out", help="also append the results to this markdown file")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="an environment variable for the app's process (e.g. MALLOC_ARENA_MAX=2); repeatable")
     args = ap.parse_args(argv)
-    lines = soak(args.clients, args.minutes, args.warmup, args.model)
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    lines = soak(args.clients, args.minutes, args.warmup, args.model, extra_env)
     printed = 2 + int(args.warmup + args.minutes)     # the heading and the minute lines went out as they came
     print("\n".join(lines[printed:]))
     if args.out:

@@ -8,10 +8,11 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # ops 10x slower under load. Takes effect only if torch has not been imported yet (app.py, tests).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from gpt2core import native  # noqa: E402
+from . import memory  # noqa: E402
 
-# Requests reuse freed activation memory instead of faulting in fresh pages each time.
-native.retain_freed_memory()
+# Requests reuse freed activation memory instead of faulting in fresh pages each time, in a bounded number
+# of malloc arenas (explorer.memory; the app trims the freed pages every few seconds).
+memory.configure()
 
 from .app import build_app  # noqa: E402
 from .session import build_registry  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .context import AppContext
-from . import lecture
+from . import lecture, memory, scheduling
 from .errors import handle
 from .inputs import MAX_VIEW_TOKENS, InputError, prepare_prompt
 from .session import HUB_NAME, HubDownload, ModelRegistry, device_label
@@ -13,7 +13,9 @@ from .tabs import load_tabs
 DEFAULT_PROMPT = "To be, or not to be, that is the question:"
 DOWNLOAD_POLL_S = 1.0         # how often a page asks how far the background GPT-2 download is
 MAX_QUEUE = 64                # waiting events beyond this are refused with "queue full"
-CONCURRENCY = 4               # events computed at once; the rest wait in the queue
+# Browser sessions whose state (trained models, the last scored text, ...) is kept; beyond it gradio drops
+# the least recently used one. Its default, 10,000, would let a day of page loads hold the memory.
+SESSIONS_KEPT = 256
 CSS = """
 #untrained-banner { background: #fff3cd; border: 1px solid #e0b000; border-radius: 6px; padding: 4px 12px; }
 .notice { color: #8a5a00; }
@@ -175,5 +177,7 @@ def build_app(registry: ModelRegistry) -> gr.Blocks:
                 with gr.Tab(tab.TITLE, id=short, elem_id=f"tab-{short}"):   # id: gr.Tabs(selected=short)
                     tab.build(ctx)
         wire_link(ctx, tab_ids, presentation, copy_link, link_box)
-    demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=CONCURRENCY)
+    scheduling.assign(demo)      # the views' shared queue, and one per kind of long work
+    memory.start_trimming()      # freed pages go back to the OS every few seconds
+    demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=scheduling.VIEW_SLOTS)
     return demo

@@ -34,7 +34,8 @@ class AppContext:
         """Put these controls of the tab being built into the page's link under these keys.
         ``limits(model_entry, prompt_text) -> {key: (lo, hi)}`` gives ranges that depend on the model or
         the prompt; other numbers are checked against their control's own minimum and maximum.
-        ``redraw``: the button a link to this tab presses, for a tab that doesn't draw on page load."""
+        ``redraw``: the button (or list of buttons) the tab's first opening and a link to it press, for
+        what doesn't draw on page load."""
         self.url.add(self.building_tab, components, limits, redraw)
 
     @property

@@ -52,8 +52,9 @@ class UrlState:
     fields: list[UrlField] = field(default_factory=list)
     # tab -> fn(model_entry, prompt_text) -> {key: (lo, hi)}: ranges that depend on the model or prompt
     limits: dict[str, Callable] = field(default_factory=dict)
-    # tab -> elem_id of the button a link to it presses (tabs that draw on demand only, not on page load)
-    redraw: dict[str, str] = field(default_factory=dict)
+    # tab -> elem_ids of the buttons its first opening (or a link to it) presses, in order: the tabs, or
+    # the parts of a tab, that draw on demand only, not on page load
+    redraw: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, tab: str, components: dict, limits: Callable | None = None, redraw=None) -> None:
         for key, component in components.items():
@@ -63,7 +64,8 @@ class UrlState:
         if limits is not None:
             self.limits[tab] = limits
         if redraw is not None:
-            self.redraw[tab] = redraw.elem_id
+            buttons = redraw if isinstance(redraw, (list, tuple)) else [redraw]
+            self.redraw[tab] = [b.elem_id for b in buttons]
 
 
 def _integer(component) -> bool:
@@ -185,10 +187,10 @@ PAGE_JS = r"""
   // ---- a tab that draws on demand presses its own button the first time this page opens it ----
   const drawn = new Set();
   ex.firstOpen = (tab) => {
-    const run = REDRAW[tab];
-    if (!run || drawn.has(tab)) return;
+    const runs = REDRAW[tab];
+    if (!runs || drawn.has(tab)) return;
     drawn.add(tab);
-    setTimeout(() => document.getElementById(run)?.click(), 50);
+    runs.forEach((id, i) => setTimeout(() => document.getElementById(id)?.click(), 50 + 50 * i));
   };
 
   // ---- the link: the open tab, the prompt, the model and the open tab's settings ----

@@ -105,10 +105,11 @@ def _top(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
     return top.indices.cpu().numpy(), top.values.cpu().numpy()
 
 
-def compare(model, ids, precisions=None, top_k: int = 5) -> list[PrecisionRun]:
+def compare(model, ids, precisions=None, top_k: int = 5, between=None) -> list[PrecisionRun]:
     """The prompt ``ids`` (T,) once per precision, fp32 first (the reference; it is run even when not
     asked for, and listed first): each one's top-k next tokens, its error against fp32, its weight bytes
-    and its run time."""
+    and its run time. ``between()``, if given, is called before each run after the first (a server lets
+    other requests in there)."""
     wanted = list(backend.PRECISIONS if precisions is None else precisions)
     for p in wanted:
         _check(model, p)
@@ -117,6 +118,8 @@ def compare(model, ids, precisions=None, top_k: int = 5) -> list[PrecisionRun]:
     ref = _run(model, ids, REFERENCE)
     rows = []
     for p in order:
+        if p != REFERENCE and between is not None:
+            between()
         raw = ref if p == REFERENCE else _run(model, ids, p)
         err = _errors(p, ref, raw)
         top_ids, top_probs = _top(raw.logits, top_k)

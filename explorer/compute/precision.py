@@ -53,8 +53,8 @@ class PrecisionView:
         return f"layer {layer}, head {head}: query {q} {name(self.tokens[q])} → key {k} {name(self.tokens[k])}"
 
 
-def precision_view(model, prompt: Prompt, precisions=None, top_k: int = 5) -> PrecisionView:
-    return PrecisionView(prompt, core.compare(model, prompt.ids, precisions, top_k=top_k))
+def precision_view(model, prompt: Prompt, precisions=None, top_k: int = 5, between=None) -> PrecisionView:
+    return PrecisionView(prompt, core.compare(model, prompt.ids, precisions, top_k=top_k, between=between))
 
 
 def megabytes(n_bytes: int) -> float:

@@ -9,6 +9,7 @@ from ..compute.circuits import (MAX_RANDOM_TOKENS, PROMPT, RANDOM, SOURCES, best
                                 head_choices, parse_head, patching_view)
 from ..context import AppContext
 from ..errors import handle
+from ..scheduling import step_aside
 from ..figures.attention import attention_heatmap
 from ..figures.circuits import head_score_heatmap, patch_head_heatmap, patch_position_heatmap, repeat_loss_line
 from gpt2core.circuits import HEAD_TYPE_LABELS, HEAD_TYPES
@@ -118,7 +119,8 @@ def build(ctx: AppContext) -> None:
         model = ctx.model(model_name, user_models).model
         progress(0, desc="patching each activation in turn")
         view = patching_view(model, clean_v, corrupt_v, answer_v, wrong_v,
-                             progress=lambda done, total: progress(done / total, desc=f"{done} of {total} patches"))
+                             progress=lambda done, total: (progress(done / total, desc=f"{done} of {total} patches"),
+                                                           step_aside()))
         what = "(1 = clean, 0 = corrupted)"
         return (view.summary,
                 patch_position_heatmap(view.scores["resid_pre"], view.clean_tokens,
@@ -133,10 +135,9 @@ def build(ctx: AppContext) -> None:
           show_detector, detector_inputs, detector_outputs, api_name="circuits_detect", preprocess=False)
     head.input(show_head, [head, source, ctx.prompt, n_tokens, seed, *ctx.model_inputs], [pattern_plot],
                api_name="circuits_head", preprocess=False)
-    # One sweep at a time: it is hundreds of forward passes, and the cheap views must not wait behind several.
+    # Its own queue, one sweep at a time (explorer.scheduling): hundreds of forward passes.
     gr.on([patch.click, clean.submit, corrupt.submit], show_patching, [clean, corrupt, answer, wrong, *ctx.model_inputs],
-          [patch_summary, resid_plot, attn_plot, mlp_plot, heads_plot], api_name="circuits_patch", preprocess=False,
-          concurrency_id="circuits_patch", concurrency_limit=1)
+          [patch_summary, resid_plot, attn_plot, mlp_plot, heads_plot], api_name="circuits_patch", preprocess=False)
 
     # redraw: the patch button is pressed the first time the tab opens (and by a link to it); a sweep is
     # too long to run on every page load.

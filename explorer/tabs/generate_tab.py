@@ -10,6 +10,7 @@ from ..components import Number, Slider
 from ..compute.generation import continuation_text, generate_tokens, summary
 from ..context import AppContext
 from ..errors import handle
+from ..scheduling import step_aside
 from ..figures.generation import percent, probability_line, text_html, token_span
 from ..inputs import MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, InputError, check_number, prepare_prompt
 
@@ -96,6 +97,7 @@ def build(ctx: AppContext) -> None:
                 yield (gr.skip(), text_html(prompt.text, spans, f"generating… {len(tokens)}/{n_new}"), plot,
                        gr.skip(), prompt.text + continuation_text(tokens))
                 sent = time.monotonic()      # from here: the interval is generation time, not gradio's
+            step_aside()                     # before the next token: the views asked for meanwhile go first
         s = summary(tokens)
         info_md = (f"**{s['n']}** new tokens (stopped: {reason}). "
                    f"Average probability **{percent(s['mean_prob'])}**; perplexity **{s['perplexity']:.1f}** "
@@ -110,7 +112,8 @@ def build(ctx: AppContext) -> None:
         return probability_line([t.label for t in tokens], [t.prob for t in tokens],
                                 [t.sampled_prob for t in tokens])
 
-    ctx.url_state(temperature=temperature, top_k=top_k, top_p=top_p, new_tokens=max_new, seed=seed)
+    # The first opening writes a continuation (streamed, in generation's own queue): no empty frame.
+    ctx.url_state(temperature=temperature, top_k=top_k, top_p=top_p, new_tokens=max_new, seed=seed, redraw=run)
     event = run.click(generate, [ctx.prompt, temperature, top_k, top_p, max_new, seed, *ctx.model_inputs],
                       [notice, output, probs_plot, info, generated], api_name="generate")
     stop.click(None, None, None, cancels=[event])

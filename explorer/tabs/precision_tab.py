@@ -9,6 +9,7 @@ from gpt2core.devices import device_of
 from ..compute.precision import megabytes, precision_view, summary_markdown
 from ..context import AppContext
 from ..errors import handle
+from ..scheduling import step_aside
 from ..figures.precision import cost_bars, error_bars, position_errors, top_tokens_bars
 from ..inputs import MAX_VIEW_TOKENS, prepare_prompt
 
@@ -61,7 +62,7 @@ def build(ctx: AppContext) -> None:
             wanted.remove("int8")
             notices.append("ⓘ int8 is left out: PyTorch's dynamic quantisation runs on the CPU only, and this "
                            f"model is on {device_of(model)}.")
-        v = precision_view(model, prompt, wanted)
+        v = precision_view(model, prompt, wanted, between=step_aside)   # the views go first between runs
         names = v.names
         return ("\n".join(notices), summary_markdown(v),
                 top_tokens_bars(names, [v.top_tokens(r) for r in v.rows], [r.top_probs for r in v.rows]),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 
 import gradio as gr
@@ -10,9 +11,10 @@ from ..components import File, Slider
 from ..compute import training
 from ..context import AppContext
 from ..errors import handle
+from ..scheduling import step_aside
 from ..figures.training import answers_html, loss_curve, masked_tokens_html
 from ..inputs import InputError, check_number
-from ..session import ROOT, USER_PREFIX, ModelEntry
+from ..session import BUNDLED_DIR, ROOT, USER_PREFIX, ModelEntry
 
 TITLE = "Train"
 DEMO_TEXT = (ROOT / "assets" / "train_demo.txt").read_text(encoding="utf-8")
@@ -66,6 +68,16 @@ def _status(line: str, notices: list[str], last: dict | None, loss_name: str = "
     return " · ".join(parts) + "".join(f"\n\nⓘ {n}" for n in notices)
 
 
+def bundled_run_curve():
+    """The bundled checkpoint's own training log as a loss curve (None if it has no log)."""
+    log_path = BUNDLED_DIR / "log.json"
+    if not log_path.is_file():
+        return None
+    log = json.loads(log_path.read_text())
+    return loss_curve(**training.history(log), baseline=training.uniform_loss(),
+                      title="How the bundled model was trained (press Train to train your own)")
+
+
 def build(ctx: AppContext) -> None:
     gr.Markdown(EXPLANATION)
     trained = gr.State(None)   # this session's last trained model: {"model", "preset", "steps", "tokens"}
@@ -86,7 +98,8 @@ def build(ctx: AppContext) -> None:
             status = gr.Markdown(elem_id="train-status")
             use = gr.Button("Use this model", elem_id="train-use")
             use_status = gr.Markdown(elem_id="train-use-status")
-    curve = gr.Plot(label="Loss", elem_id="train-curve")
+    # Until a run of its own, the curve shows how the bundled model was trained: never an empty frame.
+    curve = gr.Plot(bundled_run_curve(), label="Loss", elem_id="train-curve")
     samples = gr.Textbox(label="Samples at each evaluation", lines=8, max_lines=20, interactive=False,
                          elem_id="train-samples")
 
@@ -111,6 +124,7 @@ def build(ctx: AppContext) -> None:
         state = {"model": trainer.model, "preset": preset.key, "steps": 0, "tokens": len(data.ids)}
         last_yield = 0.0
         for event in training.train_events(trainer):
+            step_aside()                   # the views go first between steps
             state["steps"] = trainer.step
             if event.get("stopped"):
                 notices.append(event["stopped"])
@@ -139,7 +153,7 @@ def build(ctx: AppContext) -> None:
                 tune = gr.Button("Instruction-tune", variant="primary", elem_id="train-instruct-run")
                 tune_stop = gr.Button("Stop", variant="stop", elem_id="train-instruct-stop")
             tune_status = gr.Markdown(elem_id="train-instruct-status")
-    tune_curve = gr.Plot(label="Loss on the response tokens", elem_id="train-instruct-curve")
+    tune_curve = gr.Plot(label="Loss on the response tokens", elem_id="train-instruct-curve", visible=False)
     answers = gr.HTML(label="Held-out instructions, before and after", elem_id="train-instruct-answers")
 
     @handle
@@ -152,10 +166,11 @@ def build(ctx: AppContext) -> None:
         notices = [f"{len(tuner.examples):,} training records, batch {tuner.effective_batch} "
                    f"(about {tokens_per_step:,} tokens a step), {tuner.model.num_params():,} parameters."]
         html_example = _example_html()
-        yield (html_example, None, "", _status(f"Answering {tuner.n_eval_records} held-out instructions before "
+        yield (html_example, gr.update(value=None, visible=True), "", _status(f"Answering {tuner.n_eval_records} held-out instructions before "
                                                  "training…", notices, None))
         before, last_yield = None, 0.0
         for event in training.train_events(tuner):
+            step_aside()
             if event.get("stopped"):
                 notices.append(event["stopped"])
             if before is None and "eval" in event:
@@ -205,11 +220,11 @@ def build(ctx: AppContext) -> None:
         return gr.update(choices=ctx.registry.names() + names, value=names[-1] if names else None)
 
     event = run.click(train, [text, upload, preset, steps], [curve, samples, status, trained],
-                      api_name="train", concurrency_limit=1, concurrency_id="train")
+                      api_name="train")
     stop.click(None, None, None, cancels=[event], api_visibility="private")
-    # One run at a time, whichever kind: both share the "train" queue.
+    # One run at a time, whichever kind: both share the "train" queue (explorer.scheduling).
     tuning = tune.click(instruct, [base, tune_steps], [example, tune_curve, answers, tune_status],
-                        api_name="train_instruct", concurrency_limit=1, concurrency_id="train")
+                        api_name="train_instruct")
     tune_stop.click(None, None, None, cancels=[tuning], api_visibility="private")
     # Two steps, so that an error (nothing trained yet) is shown here and not on the header's menu.
     use.click(use_model, [trained, ctx.user_models], [ctx.user_models, use_status], api_name="train_use") \

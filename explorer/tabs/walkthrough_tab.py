@@ -152,6 +152,7 @@ def build(ctx: AppContext) -> None:
     slots = [x for pair in (*embed_slots, *block_slots, *final_slots) for x in pair]
     outputs = [info, norms_plot, *slots[:2 * EMBED_STEPS], block, block_title, *slots[2 * EMBED_STEPS:],
                log_text, log_file]
+    ctx.url_state(redraw=btn)   # drawn the first time the tab opens (and by a link to it)
     model_inputs = list(ctx.model_inputs)
     sync = gr.on([btn.click, ctx.prompt.submit, position.release, ctx.model_choice.change], sync_position,
                  [ctx.prompt, position, n_tokens, *model_inputs], [position, n_tokens], api_visibility="private")

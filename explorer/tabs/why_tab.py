@@ -3,12 +3,14 @@ happens without them (ablation)."""
 from __future__ import annotations
 
 import gradio as gr
+import numpy as np
 
 from ..components import Number
 from ..compute.why import (LENS_WINDOW, ablation_view, attribution_view, check_mode, lens_view, parse_parts,
                            parse_token, scan_view, token_text)
 from ..context import AppContext
 from ..errors import handle
+from ..scheduling import step_aside
 from ..figures.why import before_after_bars, head_heatmap, layer_bars, lens_heatmap, lens_lines
 from ..inputs import MAX_VIEW_TOKENS, check_position, prepare_prompt
 
@@ -127,14 +129,27 @@ def build(ctx: AppContext) -> None:
         mode_v = check_mode(mode_v)
         progress(0, desc="knocking out each head in turn")
         view = scan_view(model, prompt.ids, pos, tgt, mode_v,
-                         progress=lambda done, total: progress(done / total, desc=f"{done} of {total} heads"))
+                         progress=lambda done, total: (progress(done / total, desc=f"{done} of {total} heads"),
+                                                       step_aside()))
         fig = head_heatmap(view.deltas, f"Change in log p({token_text(view.target)}) when each head alone is "
                            f"knocked out ({mode_v} ablation)", "Δ log p", "in log-probability")
-        return view.summary, fig
+        layer, h = np.unravel_index(int(np.argmin(view.deltas)), view.deltas.shape)
+        return view.summary, fig, f"{layer}.{h}"
+
+    @handle
+    def ablate_scan_top(text, position_v, target_v, heads_v, mlps_v, mode_v, top, model_name, user_models):
+        """After a scan, with nothing typed in the ablation boxes: knock out the head the scan found mattered
+        most, so the ablation view is drawn too (and shows that head's effect on the whole distribution)."""
+        if (heads_v or "").strip() or (mlps_v or "").strip() or not top:
+            return gr.skip(), gr.skip(), gr.skip()
+        return (top, *show_ablation(text, position_v, target_v, top, "", mode_v, model_name, user_models))
 
     # preprocess=False: every value reaches the handlers as sent, and they check it with plain messages
     # (gradio's own Radio check answers an API caller with a Python repr of the value).
-    ctx.url_state(position=position, target=target, contrast=contrast, redraw=run)
+    # The first opening draws all four parts: the lens and attribution, the default ablation, the scan.
+    # The first opening draws all four parts: the lens and attribution, then the scan, whose top head is
+    # then ablated (ablate_scan_top).
+    ctx.url_state(position=position, target=target, contrast=contrast, redraw=[run, scan])
     head_inputs = [ctx.prompt, position, target]
     triggers = [run.click, ctx.prompt.submit]
     gr.on(triggers, show_lens, [*head_inputs, *ctx.model_inputs], [notice, lens_summary, lens_plot, lines_plot],
@@ -144,5 +159,8 @@ def build(ctx: AppContext) -> None:
     gr.on([ablate.click, heads_box.submit, mlps_box.submit], show_ablation,
           [*head_inputs, heads_box, mlps_box, mode, *ctx.model_inputs], [ablation_summary, ablation_plot],
           api_name="why_ablate", preprocess=False)
-    scan.click(show_scan, [*head_inputs, mode, *ctx.model_inputs], [scan_summary, scan_plot], api_name="why_scan",
-               preprocess=False)
+    scan_top = gr.State("")   # this session's last scan: the head whose knock-out lowered the target most
+    scan.click(show_scan, [*head_inputs, mode, *ctx.model_inputs], [scan_summary, scan_plot, scan_top],
+               api_name="why_scan", preprocess=False).success(
+        ablate_scan_top, [*head_inputs, heads_box, mlps_box, mode, scan_top, *ctx.model_inputs],
+        [heads_box, ablation_summary, ablation_plot], api_visibility="private", preprocess=False)

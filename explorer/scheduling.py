@@ -1,0 +1,94 @@
+"""Who computes when, so that a class of users is served fairly on two cores.
+
+- Every cheap view (a figure from one forward pass) waits in one shared queue, ``views``, and at most
+  ``VIEW_SLOTS`` of them compute at once: on a 2-core machine more only share the cores and the GIL, and
+  each request then takes longer (and holds its activations longer) without the queue moving faster.
+- Each kind of long work (generation, the head scan, precision, the patching sweep, training) has a
+  queue of its own with its own limit, so a burst of it can't take every slot.
+- Long work also steps aside: between its steps (a token, a batch of heads, a layer of patches, a
+  training step) it waits while a view is computing, at most ``STEP_ASIDE_S`` a step, so a view asked
+  for during a generation is answered as if the generation were not there, and the generation still moves.
+
+``assign(demo)`` applies this to a built app; the README's limits table lists the same numbers.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from contextlib import contextmanager
+
+VIEWS = "views"
+VIEW_SLOTS = 2                 # cheap views computed at once (the machine's two cores)
+STEP_ASIDE_S = 0.25            # the longest a step of long work waits for the views in flight
+# api_name -> (queue, events of that queue computed at once)
+LONG_WORK = {
+    "generate": ("generate", 3),            # streamed: a user watches it, so a few run side by side
+    "why_scan": ("why_scan", 1),
+    "precision_view": ("precision_view", 1),
+    "circuits_patch": ("circuits_patch", 1),
+    "train": ("train", 1),                  # training and instruction tuning share one queue
+    "train_instruct": ("train", 1),
+}
+
+
+class ViewGate:
+    """Counts the views computing now; long work calls ``step_aside()`` between its steps."""
+
+    def __init__(self):
+        self._running = 0
+        self._idle = threading.Condition()
+
+    @contextmanager
+    def view(self):
+        with self._idle:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._running -= 1
+                if not self._running:
+                    self._idle.notify_all()
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def step_aside(self, most: float = STEP_ASIDE_S) -> bool:
+        """Wait until no view is computing, ``most`` seconds at the longest; True if none was left."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._running == 0, timeout=most)
+
+
+GATE = ViewGate()     # one per process: it schedules the process's requests, it holds no request's data
+step_aside = GATE.step_aside
+
+
+def counted(fn):
+    """``fn`` run inside ``GATE.view()``; its signature (gr.Progress, gr.Request) is gradio's to read."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with GATE.view():
+            return fn(*args, **kwargs)
+    return run
+
+
+def assign(demo) -> dict[str, tuple[str, int]]:
+    """Put each event of a built app in its queue: long work in its own (LONG_WORK), everything else in
+    ``views``. Returns api_name -> (queue, limit) for the named events."""
+    table = {}
+    for block_fn in demo.fns.values():
+        if block_fn.fn is None:                          # a JavaScript-only event: never queued
+            continue
+        name = block_fn.api_name
+        if name in LONG_WORK:
+            block_fn.concurrency_id, block_fn.concurrency_limit = LONG_WORK[name]
+        else:
+            block_fn.concurrency_id, block_fn.concurrency_limit = VIEWS, VIEW_SLOTS
+            if not (inspect.isgeneratorfunction(block_fn.fn) or inspect.iscoroutinefunction(block_fn.fn)
+                    or inspect.isasyncgenfunction(block_fn.fn)):
+                block_fn.fn = counted(block_fn.fn)
+        if name:
+            table[name] = (block_fn.concurrency_id, block_fn.concurrency_limit)
+    return table
