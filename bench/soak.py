@@ -29,8 +29,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Training and model-making endpoints are left out: a user trains once, not a call a second. /generate stays in
 # (long work that must not starve the cheap views), at 20 new tokens.
-SKIP = {"/train", "/train_use", "/train_instruct", "/select_model", "/lambda"}
-LONG = {"/generate", "/why_scan", "/precision_view", "/circuits_patch", "/train", "/train_instruct"}
+SKIP = {"/train", "/train_use", "/train_instruct", "/classify_train", "/select_model", "/lambda"}
+LONG = {"/generate", "/generate_beam", "/why_scan", "/precision_view", "/circuits_patch", "/train",
+        "/train_instruct", "/classify_train"}
 LAST_POSITION = {"position_v", "query_v"}
 
 
@@ -111,7 +112,14 @@ def endpoint_calls(client, model_name: str) -> list[tuple[str, list]]:
             args = [-1 if p["parameter_name"] in LAST_POSITION else a for p, a in zip(spec["parameters"], args)]
             if name == "/generate":
                 args = [20 if p["parameter_name"] == "n_new" else a for p, a in zip(spec["parameters"], args)]
+            if name == "/circuits_patch":
+                continue                 # it compares two prompts: its own example pairs, below
             calls.append((name, args))
+        if name == "/circuits_patch":
+            from explorer.tabs.circuits_tab import PATCH_EXAMPLES
+            base = endpoint_args(spec, PROMPTS[0], model_name)
+            # the clean and corrupted prompts and the two answers are the endpoint's first four inputs
+            calls += [(name, list(pair) + base[len(pair):]) for pair in PATCH_EXAMPLES]
     return calls
 
 
@@ -144,7 +152,32 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def soak(clients: int, minutes: float, warmup: float, model: str, extra_env: dict[str, str] | None = None) -> list[str]:
+def _snapshot(proc: subprocess.Popen, folder: str, n: int) -> list[str]:
+    """Ask the app for tracemalloc snapshot ``n`` (SIGUSR1, explorer.memory) and wait for it."""
+    import signal
+    proc.send_signal(signal.SIGUSR1)
+    done = Path(folder) / f"snapshot-{n}.done"
+    for _ in range(600):
+        if done.exists():
+            return [f"  tracemalloc snapshot {n}: (traced now, peak) = {done.read_text()} bytes"]
+        time.sleep(0.5)
+    return [f"  tracemalloc snapshot {n}: none came"]
+
+
+def _grown(folder: str, top: int = 15) -> list[str]:
+    """The Python allocations that grew most between the two snapshots, by where they were made."""
+    import tracemalloc
+    first = tracemalloc.Snapshot.load(str(Path(folder) / "snapshot-1.tracemalloc"))
+    second = tracemalloc.Snapshot.load(str(Path(folder) / "snapshot-2.tracemalloc"))
+    lines = ["  Python allocations that grew after the warm-up (tracemalloc, by traceback):"]
+    for stat in second.compare_to(first, "traceback")[:top]:
+        frames = [f"{Path(f.filename).name}:{f.lineno}" for f in stat.traceback][-5:]
+        lines.append(f"    {stat.size_diff / 2**20:+.1f} MiB ({stat.count_diff:+d} blocks): {' < '.join(reversed(frames))}")
+    return lines
+
+
+def soak(clients: int, minutes: float, warmup: float, model: str, extra_env: dict[str, str] | None = None,
+         trace: bool = False) -> list[str]:
     from gradio_client import Client
 
     from bench.__main__ import free_port, machine
@@ -160,7 +193,11 @@ def soak(clients: int, minutes: float, warmup: float, model: str, extra_env: dic
         save(GPT2.from_preset("gpt2", dropout=0.0), weights)
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    extra_env = extra_env or {}
+    extra_env = dict(extra_env or {})
+    trace_dir = None
+    if trace:
+        trace_dir = tempfile.mkdtemp(prefix="soak-trace-")
+        extra_env["GPT2_EXPLORER_TRACEMALLOC"] = trace_dir
     proc = start_app(port, weights, extra_env)
     lines = [f"soak: {machine()}; model {model}; {clients} clients; warm-up {warmup:g} min, then {minutes:g} min"
              + "".join(f"; {k}={v}" for k, v in extra_env.items())]
@@ -190,6 +227,8 @@ def soak(clients: int, minutes: float, warmup: float, model: str, extra_env: dic
         for minute in range(int(total) + 1):
             elapsed = time.monotonic() - t_start
             time.sleep(max(0.0, minute * 60 - elapsed))
+            if trace_dir and minute == int(warmup):
+                _snapshot(proc, trace_dir, 1)
             with lock:
                 n, errs = len(results), sum(1 for r in results if r[3])
             rss.append(rss_mib(proc.pid))
@@ -201,6 +240,12 @@ def soak(clients: int, minutes: float, warmup: float, model: str, extra_env: dic
         stop.set()
         for t in threads:
             t.join(timeout=120)
+        if trace_dir:
+            lines += _snapshot(proc, trace_dir, 2) + _grown(trace_dir)
+        # Idle: the trimming thread has given the freed pages back; what is left is held.
+        time.sleep(15)
+        lines.append(f"  idle 15 s after the last call: RSS {rss_mib(proc.pid):,.0f} MiB "
+                     f"(main heap {heap_mib(proc.pid)[0]:,.0f})")
         w = int(warmup)
         base, end = rss[w], rss[-1]
         lines.append(f"  RSS after warm-up {base:,.0f} MiB -> {end:,.0f} MiB after {minutes:g} more minutes: "
@@ -241,9 +286,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="also append the results to this markdown file")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="an environment variable for the app's process (e.g. MALLOC_ARENA_MAX=2); repeatable")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="trace the app's Python allocations and list what grew after the warm-up (slows the app)")
     args = ap.parse_args(argv)
     extra_env = dict(item.split("=", 1) for item in args.env)
-    lines = soak(args.clients, args.minutes, args.warmup, args.model, extra_env)
+    lines = soak(args.clients, args.minutes, args.warmup, args.model, extra_env, args.tracemalloc)
     printed = 2 + int(args.warmup + args.minutes)     # the heading and the minute lines went out as they came
     print("\n".join(lines[printed:]))
     if args.out:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 
 from gpt2core import native
@@ -24,11 +25,34 @@ _trimmer: threading.Thread | None = None
 _lock = threading.Lock()
 
 
+# a folder: trace Python's allocations (tracemalloc) and write a snapshot there at each SIGUSR1 (the soak's
+# --tracemalloc compares them to find what grows). Slow: for measuring, never for serving.
+TRACE_DIR = os.environ.get("GPT2_EXPLORER_TRACEMALLOC", "")
+
+
 def configure() -> None:
     """Process-wide allocator settings: call before the server's threads start (explorer's import does)."""
     native.retain_freed_memory()
     if ARENAS > 0:
         native.limit_arenas(ARENAS)
+    if TRACE_DIR and threading.current_thread() is threading.main_thread():
+        _trace_on_signal(TRACE_DIR)
+
+
+def _trace_on_signal(folder: str) -> None:
+    import tracemalloc
+    tracemalloc.start(12)
+    taken = [0]
+
+    def snapshot(signum, frame):
+        import gc
+        gc.collect()
+        taken[0] += 1
+        tracemalloc.take_snapshot().dump(os.path.join(folder, f"snapshot-{taken[0]}.tracemalloc"))
+        with open(os.path.join(folder, f"snapshot-{taken[0]}.done"), "w") as f:
+            f.write(str(tracemalloc.get_traced_memory()))
+
+    signal.signal(signal.SIGUSR1, snapshot)
 
 
 def _trim_forever(stop: threading.Event) -> None:

@@ -11,8 +11,8 @@ from explorer import memory, scheduling
 from gpt2core import native
 
 
-def test_step_aside_waits_for_the_views_in_flight_and_no_longer():
-    gate = scheduling.ViewGate()
+def test_step_aside_waits_while_the_views_fill_their_slots_and_no_longer():
+    gate = scheduling.ViewGate(full=1)
     assert gate.step_aside(0.01) is True            # nothing computing: no wait
     entered, release = threading.Event(), threading.Event()
 
@@ -25,7 +25,7 @@ def test_step_aside_waits_for_the_views_in_flight_and_no_longer():
     t.start()
     entered.wait(5)
     assert gate.running == 1
-    assert gate.step_aside(0.05) is False           # a view is computing: it waited, then gave up
+    assert gate.step_aside(0.05) is False           # the views fill their slot: it waited, then gave up
     threading.Timer(0.1, release.set).start()
     assert gate.step_aside(5) is True               # ...and goes on as soon as the view is done
     t.join(5)
