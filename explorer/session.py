@@ -15,11 +15,16 @@ from pathlib import Path
 import torch
 
 from gpt2core import GPT2, WeightsError, get_config, load, weights
+from gpt2core.trace import DEFAULT_WEIGHTS
 
 from .inputs import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_DIR = ROOT / "checkpoints" / "shakespeare"
+# ROOT holds assets/: the repo root in a checkout (or `pip install -e .`); a wheel has no repo root and
+# carries assets/ as explorer/_bundled/assets (pyproject.toml). The model ships with gpt2core, which
+# defaults to it too (python -m gpt2core.trace).
+_HERE = Path(__file__).resolve().parent
+ROOT = _HERE / "_bundled" if (_HERE / "_bundled").is_dir() else _HERE.parent
+BUNDLED_DIR = DEFAULT_WEIGHTS
 HUB_REPO = "openai-community/gpt2"
 HUB_NAME = "gpt2 (OpenAI, from the Hub)"
 RANDOM_NAME = "untrained (random tiny GPT-2)"

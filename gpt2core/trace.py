@@ -32,7 +32,11 @@ BLOCK_HOOKS = ["hook_resid_pre", "ln_1.hook_in_mean", "ln_1.hook_in_var", "ln_1.
                "ln_2.hook_out_var", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out"]
 SUMMARY_HOOKS = ["hook_resid_pre", "hook_resid_post"]   # a block that is not expanded: its norms only
 TOP_K = 5
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare"
+# The bundled model: checkpoints/ at the repo root in a checkout (or `pip install -e .`); a wheel has no
+# repo root and carries that folder as gpt2core/_bundled/checkpoints (pyproject.toml).
+_HERE = Path(__file__).resolve().parent
+_DATA_ROOT = _HERE / "_bundled" if (_HERE / "_bundled").is_dir() else _HERE.parent
+DEFAULT_WEIGHTS = _DATA_ROOT / "checkpoints" / "shakespeare"
 
 
 @dataclass
