@@ -365,6 +365,8 @@ STREAM_UNITS = {"/generate": 20, "/train": 10, "/train_instruct": 10}
 # Long by design, with a progress bar, and held to a target of their own elsewhere.
 LONG = {"/why_scan": "144 ablations for GPT-2 124M; its target, 10 s at 16 tokens, is `bench why`'s",
         "/precision_view": "four full forward passes, one per precision, by design",
+        "/generate_beam": "beam search: width x new tokens rows of decoding, in generation's queue",
+        "/generate_compare": "greedy, sampling and beam search of one prompt, in generation's queue",
         "/circuits_patch": "a patching sweep, hundreds of patched runs; its target, 10 s at 16 tokens, is "
                            "`bench circuits`'s"}
 

@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Training and model-making endpoints are left out: a user trains once, not a call a second. /generate stays in
 # (long work that must not starve the cheap views), at 20 new tokens.
 SKIP = {"/train", "/train_use", "/train_instruct", "/classify_train", "/select_model", "/lambda"}
-LONG = {"/generate", "/generate_beam", "/why_scan", "/precision_view", "/circuits_patch", "/train",
+LONG = {"/generate", "/generate_beam", "/generate_compare", "/why_scan", "/precision_view", "/circuits_patch", "/train",
         "/train_instruct", "/classify_train"}
 LAST_POSITION = {"position_v", "query_v"}
 

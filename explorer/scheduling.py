@@ -27,6 +27,7 @@ STEP_ASIDE_S = 0.1             # the longest a step of long work waits for the v
 LONG_WORK = {
     "generate": ("generate", 3),            # streamed: a user watches it, so a few run side by side
     "generate_beam": ("generate", 3),       # beam search: generation's queue
+    "generate_compare": ("generate", 3),    # greedy, sampling and beam search of one prompt: the same
     "why_scan": ("why_scan", 1),
     "precision_view": ("precision_view", 1),
     "circuits_patch": ("circuits_patch", 1),
