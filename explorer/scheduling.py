@@ -33,7 +33,6 @@ LONG_WORK = {
     "circuits_patch": ("circuits_patch", 1),
     "train": ("train", 1),                  # training and instruction tuning share one queue
     "train_instruct": ("train", 1),
-    "classify_train": ("train", 1),         # the classification head's training: the same queue
 }
 
 
