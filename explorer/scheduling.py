@@ -31,8 +31,9 @@ LONG_WORK = {
     "why_scan": ("why_scan", 1),
     "precision_view": ("precision_view", 1),
     "circuits_patch": ("circuits_patch", 1),
-    "train": ("train", 1),                  # training and instruction tuning share one queue
+    "train": ("train", 1),                  # training, instruction tuning and the genre head share one queue
     "train_instruct": ("train", 1),
+    "classify_train": ("train", 1),         # the genre head: training's queue too
 }
 
 

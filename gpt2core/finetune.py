@@ -26,8 +26,8 @@ from . import tokenizer
 from .config import GPT2Config
 from .generate import generate
 from .model import GPT2
-from .train import (IGNORE_INDEX, LOSS_PNG, SummedLoss, Trainer, TrainSettings, add_scale_args, build_model,
-                    describe_run, finish_distributed, plot_loss, precision_of, setup_distributed)
+from .train import (IGNORE_INDEX, LOSS_PNG, SummedLoss, Trainer, TrainSettings, add_run_args, build_model,
+                    describe_run, finish_distributed, plot_loss, setup_distributed, tuning_settings)
 
 # The Stanford Alpaca template (tatsu-lab/stanford_alpaca), with and without an input.
 PROMPT_WITH_INPUT = (
@@ -224,33 +224,15 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="training records, JSONL")
     ap.add_argument("--heldout", default=None, help="held-out records, JSONL (default: the last --heldout-fraction)")
     ap.add_argument("--heldout-fraction", type=float, default=0.1)
-    ap.add_argument("--out", required=True, help="checkpoint folder to write")
-    ap.add_argument("--n-layer", type=int, default=4, help="(without --init) a fresh model's size")
-    ap.add_argument("--n-head", type=int, default=4)
-    ap.add_argument("--n-embd", type=int, default=128)
-    ap.add_argument("--n-ctx", type=int, default=128)
-    ap.add_argument("--dropout", type=float, default=0.0)
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=16, help="records per micro-batch and process")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--min-lr", type=float, default=1e-4)
-    ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--weight-decay", type=float, default=0.0)
-    ap.add_argument("--grad-clip", type=float, default=1.0)
-    ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--eval-records", type=int, default=100, help="held-out records answered at each evaluation")
-    ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--resume", action="store_true", help="continue from --out")
-    add_scale_args(ap)
+    add_run_args(ap, steps=300, batch_size=16, unit="records")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         device = setup_distributed(args.device)
-        settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
-                                 warmup_steps=args.warmup, weight_decay=args.weight_decay,
-                                 grad_clip=args.grad_clip, eval_every=args.eval_every, seed=args.seed,
-                                 precision=precision_of(args), grad_accum=args.grad_accum, compile=args.compile)
+        settings = tuning_settings(args)
         records = read_jsonl(args.data)
         if args.heldout:
             train_records, heldout_records = records, read_jsonl(args.heldout)

@@ -221,7 +221,7 @@ class Trainer:
         distributed = dist.is_available() and dist.is_initialized()
         self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
         self.ddp = None
-        engine = SummedLoss(self.model)
+        engine = self.loss_engine()
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             engine = self.ddp = nn.parallel.DistributedDataParallel(engine, device_ids=ids)
@@ -229,6 +229,10 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[s.precision]
         # fp16 can underflow gradients: scale the loss up, unscale before clipping (bf16 needs none).
         self.scaler = torch.amp.GradScaler(self.device.type) if s.precision == "fp16" else None
+
+    def loss_engine(self) -> nn.Module:
+        """The module a step runs (under DDP and torch.compile): the summed LM loss; subclasses swap it."""
+        return SummedLoss(self.model)
 
     @classmethod
     def from_ids(cls, model: GPT2, ids, settings: TrainSettings) -> "Trainer":
@@ -456,6 +460,36 @@ def add_scale_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
 
 
+def add_run_args(ap: argparse.ArgumentParser, steps: int, batch_size: int, unit: str, dropout: float = 0.0,
+                 warmup: int = 20, weight_decay: float = 0.0, eval_every: int = 100) -> None:
+    """Options every training command shares (train, finetune, classify): the output, a fresh model's
+    size, the schedule, and add_scale_args; each passes its own defaults. ``unit`` names a batch's items."""
+    ap.add_argument("--out", required=True, help="checkpoint folder to write")
+    ap.add_argument("--n-layer", type=int, default=4, help="(without --init) a fresh model's size")
+    ap.add_argument("--n-head", type=int, default=4)
+    ap.add_argument("--n-embd", type=int, default=128)
+    ap.add_argument("--n-ctx", type=int, default=128)
+    ap.add_argument("--dropout", type=float, default=dropout)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--batch-size", type=int, default=batch_size, help=f"{unit} per micro-batch and process")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--min-lr", type=float, default=1e-4)
+    ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--weight-decay", type=float, default=weight_decay)
+    ap.add_argument("--grad-clip", type=float, default=1.0)
+    ap.add_argument("--eval-every", type=int, default=eval_every)
+    ap.add_argument("--seed", type=int, default=1337)
+    add_scale_args(ap)
+
+
+def tuning_settings(args) -> TrainSettings:
+    """The TrainSettings of add_run_args's options (a ValueError for contradicting precisions)."""
+    return TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
+                         warmup_steps=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+                         eval_every=args.eval_every, seed=args.seed, precision=precision_of(args),
+                         grad_accum=args.grad_accum, compile=args.compile)
+
+
 def precision_of(args) -> str:
     if args.bf16 and args.precision not in (None, "bf16"):
         raise ValueError(f"--bf16 contradicts --precision {args.precision}")
@@ -481,23 +515,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gpt2core.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--text", nargs="+", required=True, help="training text files (joined with <|endoftext|>)")
-    ap.add_argument("--out", required=True, help="checkpoint folder to write")
-    ap.add_argument("--n-layer", type=int, default=4)
-    ap.add_argument("--n-head", type=int, default=4)
-    ap.add_argument("--n-embd", type=int, default=128)
-    ap.add_argument("--n-ctx", type=int, default=128)
-    ap.add_argument("--dropout", type=float, default=0.1)
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch and process")
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--min-lr", type=float, default=1e-4)
-    ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--weight-decay", type=float, default=0.1)
-    ap.add_argument("--grad-clip", type=float, default=1.0)
-    ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--eval-batches", type=int, default=20)
     ap.add_argument("--val-fraction", type=float, default=0.1)
-    ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--prompt", default="ROMEO:", help="the fixed prompt sampled at each eval")
     ap.add_argument("--save-every", type=int, default=0, help="save a resumable checkpoint every N steps")
     ap.add_argument("--resume", action="store_true", help="continue from --out")
@@ -514,7 +533,8 @@ def main(argv=None) -> int:
                          f"{COMMON_IDS} commonest")
     ap.add_argument("--repeat-fill", action="store_true",
                     help="a random span repeats over its whole window (A A A ...), not just twice")
-    add_scale_args(ap)
+    add_run_args(ap, steps=2000, batch_size=16, unit="sequences", dropout=0.1, warmup=100, weight_decay=0.1,
+                 eval_every=200)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

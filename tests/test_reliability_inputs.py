@@ -36,7 +36,8 @@ pytestmark = pytest.mark.slow
 WORKERS = 4
 REQUEST_TIMEOUT = 120
 # Defaults that keep the normal requests fast (by parameter label).
-FAST = {"New tokens": 3, "New tokens (beam search)": 3, "Training steps": 10, "Fine-tuning steps": 10, "Number of draws": 50,
+FAST = {"New tokens": 3, "New tokens (beam search)": 3, "Training steps": 10, "Fine-tuning steps": 10, "Head training steps": 10,
+        "Number of draws": 50,
         "Query token (position)": -1,     # -1 = the last token, whatever the prompt (the default is 12)
         "Token to follow (position)": -1,
         "Heads to knock out (layer.head, e.g. 0.1, 3.2)": "0.0"}   # the default, none, is refused
@@ -56,11 +57,12 @@ OPTIONAL_TEXT = {("/why_lens", "target_v"), ("/why_attribution", "target_v"), ("
                  ("/circuits_patch", "answer_v"), ("/circuits_patch", "wrong_v")}
 # Endpoints whose outputs show the prompt's notices (cut, control characters, surrogates, EOT).
 NOTICE_ENDPOINTS = {"/tokenizer_breakdown", "/attention_view", "/layernorm_view", "/gelu_view",
-                    "/sampling_distribution", "/generate", "/precision_view", "/generate_beam", "/generate_compare"}
+                    "/sampling_distribution", "/generate", "/precision_view", "/generate_beam", "/generate_compare",
+                    "/classify_predict"}
 # Training is 10+ steps; after a bad /train input the check that the app still works uses this instead,
 # and test_train_still_trains_after_the_battery trains once at the end.
 SLOW_ENDPOINTS = {"/train": "/tokenizer_breakdown", "/train_use": "/tokenizer_breakdown",
-                  "/train_instruct": "/tokenizer_breakdown"}
+                  "/train_instruct": "/tokenizer_breakdown", "/classify_train": "/tokenizer_breakdown"}
 LONG_TEXT = ("All the world's a stage, and all the men and women merely players. " * 1500)[:100_000]
 
 

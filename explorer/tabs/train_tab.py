@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import copy
+import html
 import json
 import time
 
 import gradio as gr
 
 from ..components import File, Slider
-from ..compute import training
+from ..compute import classify, training
 from ..context import AppContext
 from ..errors import handle
 from ..scheduling import step_aside
+from ..figures.classify import class_probabilities, last_token_attention, training_curve
 from ..figures.training import answers_html, loss_curve, masked_tokens_html
 from ..inputs import InputError, check_number
 from ..session import BUNDLED_DIR, ROOT, USER_PREFIX, ModelEntry
@@ -47,6 +49,15 @@ ones are trained. The records are generated with answers a program can check (re
 capital letters, count the items, the next number, sort, add): {len(training.instruct_data()[0]):,} to train
 on, and held-out ones the model never sees, answered greedily before and after training
 (exact match: the answer must equal the expected one).
+"""
+
+
+CLASSIFY_EXPLANATION = """
+Here GPT-2 becomes a classifier: the final LayerNorm's output at a line's **last token**, the one position
+that has seen the whole line, goes through a small linear **head** that scores comedy, history and tragedy,
+and only the head trains while the model stays frozen. Watch the held-out accuracy against the
+**majority-class baseline** (what always answering one genre would score), then type a line and see which
+words its last token attends to: that token's state is all the head ever reads.
 """
 
 
@@ -122,17 +133,8 @@ def build(ctx: AppContext) -> None:
         tokens_per_step = preset.batch_size * preset.n_ctx
         baseline = training.uniform_loss(trainer.model.config.vocab_size)
         state = {"model": trainer.model, "preset": preset.key, "steps": 0, "tokens": len(data.ids)}
-        last_yield = 0.0
-        for event in training.train_events(trainer):
-            step_aside()                   # the views go first between steps
+        for event, _ in _shown(training.train_events(trainer), trainer, n_steps, notices):
             state["steps"] = trainer.step
-            if event.get("stopped"):
-                notices.append(event["stopped"])
-            now = time.monotonic()
-            final = event.get("stopped") or trainer.step == n_steps
-            if "eval" not in event and not final and now - last_yield < YIELD_SECONDS:
-                continue
-            last_yield = now
             evals = trainer.log["eval"]
             fig = loss_curve(**training.history(trainer.log), total_steps=n_steps, baseline=baseline)
             line = training.progress_line(trainer.step, n_steps, event["elapsed"], tokens_per_step)
@@ -143,16 +145,9 @@ def build(ctx: AppContext) -> None:
         with gr.Column(scale=3):
             example = gr.HTML(_example_html(), label="One training example", elem_id="train-instruct-example")
         with gr.Column(scale=2):
-            bases = training.instruct_base_choices()
-            # The handler checks the value itself, with a message naming the choices.
-            base = gr.Dropdown(bases, value=bases[0][1], label="Start from", allow_custom_value=True,
-                               elem_id="train-instruct-base")
-            tune_steps = Slider(training.MIN_STEPS, training.MAX_STEPS, value=100, step=10,
-                                label="Fine-tuning steps", elem_id="train-instruct-steps")
-            with gr.Row():
-                tune = gr.Button("Instruction-tune", variant="primary", elem_id="train-instruct-run")
-                tune_stop = gr.Button("Stop", variant="stop", elem_id="train-instruct-stop")
-            tune_status = gr.Markdown(elem_id="train-instruct-status")
+            base, tune_steps, tune, tune_stop, tune_status = _run_controls(
+                "train-instruct", training.instruct_base_choices(), "base", (training.MIN_STEPS, training.MAX_STEPS, 100),
+                "Fine-tuning steps", "Instruction-tune")
     tune_curve = gr.Plot(label="Loss on the response tokens", elem_id="train-instruct-curve", visible=False)
     answers = gr.HTML(label="Held-out instructions, before and after", elem_id="train-instruct-answers")
 
@@ -168,18 +163,10 @@ def build(ctx: AppContext) -> None:
         html_example = _example_html()
         yield (html_example, gr.update(value=None, visible=True), "", _status(f"Answering {tuner.n_eval_records} held-out instructions before "
                                                  "training…", notices, None))
-        before, last_yield = None, 0.0
-        for event in training.train_events(tuner):
-            step_aside()
-            if event.get("stopped"):
-                notices.append(event["stopped"])
+        before = None
+        for event, final in _shown(training.train_events(tuner), tuner, n_steps, notices):
             if before is None and "eval" in event:
                 before = event["eval"]
-            now = time.monotonic()
-            final = event.get("stopped") or tuner.step == n_steps
-            if "eval" not in event and not final and now - last_yield < YIELD_SECONDS:
-                continue
-            last_yield = now
             evals = tuner.log["eval"]
             after = evals[-1] if final and len(evals) > 1 else None
             fig = loss_curve(**training.history(tuner.log), total_steps=n_steps,
@@ -229,3 +216,149 @@ def build(ctx: AppContext) -> None:
     # Two steps, so that an error (nothing trained yet) is shown here and not on the header's menu.
     use.click(use_model, [trained, ctx.user_models], [ctx.user_models, use_status], api_name="train_use") \
         .success(select_newest, [ctx.user_models], [ctx.model_choice], api_visibility="private")
+
+    # ---- classification: a head on the last token ---------------------------------------------------
+    c_body = classify.body()[0].config
+    c_examples = classify.example_lines()
+    with gr.Accordion("Classify lines by genre", open=True, elem_id="classify"):
+        gr.Markdown(CLASSIFY_EXPLANATION, elem_id="classify-explanation")
+        c_state = gr.State(None)   # this session's head: {"weight", "bias", "labels", "start", "steps"}
+        with gr.Row():
+            with gr.Column(scale=2):
+                c_start, c_steps, c_run, c_stop, c_status = _run_controls(
+                    "classify", classify.start_choices(), "start", (classify.MIN_STEPS, classify.MAX_STEPS, 200),
+                    "Head training steps", "Train the head", status=_classify_intro())
+            with gr.Column(scale=3):
+                c_curve = gr.Plot(label="Training the head", elem_id="classify-curve", visible=False)
+        with gr.Row():
+            with gr.Column(scale=2):
+                c_text = gr.Textbox(c_examples[0], label="A line to classify", lines=2, max_lines=6,
+                                    elem_id="classify-text")
+                gr.Examples([[t] for t in c_examples], inputs=[c_text], label="Held-out lines (one of each genre)")
+                with gr.Row():
+                    c_layer = Slider(0, max(c_body.n_layer - 1, 1), value=c_body.n_layer - 1, step=1, label="Layer",
+                                     elem_id="classify-layer")
+                    c_head = Slider(0, max(c_body.n_head - 1, 1), value=0, step=1, label="Head",
+                                    elem_id="classify-head")
+                c_go = gr.Button("Classify", elem_id="classify-go")
+                c_note = gr.Markdown(elem_id="classify-note")
+            with gr.Column(scale=3):
+                first = _classify_figures(None, c_examples[0], c_body.n_layer - 1, 0, with_note=False)
+                c_probs = gr.Plot(first[0], label="Class probabilities", elem_id="classify-probs")
+                c_attn = gr.Plot(first[1], label="The last token's attention", elem_id="classify-attention")
+
+    @handle
+    def classify_train(start, n_steps, state):
+        """Train a head (fresh, or from the bundled one) on the bundled lines; stream the loss and accuracy."""
+        n_steps = check_number(n_steps, "Head training steps", classify.MIN_STEPS, classify.MAX_STEPS, integer=True)
+        trainer = classify.new_trainer(start, n_steps)
+        base = classify.baseline()
+        labels, train_set, held_set, _ = classify.data()
+        notices = [f"{len(train_set)} training lines, {len(held_set)} held out (whole scenes the head never sees), "
+                   f"batch {trainer.effective_batch}; {trainer.model.head.weight.numel() + trainer.model.head.bias.numel()} "
+                   f"numbers train, the {sum(p.numel() for p in trainer.model.body.parameters()):,} of the model stay "
+                   f"fixed."]
+        yield gr.update(value=None, visible=True), "Training…", state
+        for event, _ in _shown(training.train_events(trainer, time_limit=classify.TIME_LIMIT), trainer, n_steps,
+                               notices):
+            state = classify.head_state(trainer, start)
+            evals = trainer.log["eval"]
+            fig = training_curve(**classify.curve(trainer.log), baseline=base["accuracy"], total_steps=n_steps,
+                                 chance_loss=classify.uniform_loss())
+            acc = (f"held-out accuracy **{evals[-1]['accuracy']:.1%}** at step {evals[-1]['step']} "
+                   f"(majority-class baseline {base['accuracy']:.1%}: {_constant_answer(base)})") if evals else ""
+            line = classify.progress_line(trainer.step, n_steps, event["elapsed"])
+            yield fig, " · ".join(p for p in (line, acc) if p) + \
+                "".join(f"\n\nⓘ {n}" for n in notices), state
+
+    @handle
+    def classify_predict(text, layer_v, head_v, state):
+        """Class probabilities of a line from this session's head (else the bundled one), and where the
+        last token looks in one head."""
+        probs, attn, note = _classify_figures(state, text, layer_v, head_v)
+        return probs, attn, note
+
+    c_training = c_run.click(classify_train, [c_start, c_steps, c_state], [c_curve, c_status, c_state],
+                             api_name="classify_train")
+    c_stop.click(None, None, None, cancels=[c_training], api_visibility="private")
+    gr.on([c_go.click, c_text.submit, c_layer.release, c_head.release], classify_predict,
+          [c_text, c_layer, c_head, c_state], [c_probs, c_attn, c_note], api_name="classify_predict")
+    # The new head classifies the line at once.
+    c_training.success(classify_predict, [c_text, c_layer, c_head, c_state], [c_probs, c_attn, c_note],
+                       api_visibility="private")
+
+
+def _shown(events, trainer, n_steps: int, notices: list):
+    """(event, final) for the training events worth drawing: every evaluation, the last step, and
+    otherwise one every YIELD_SECONDS. The views go first between steps; a stop's reason joins
+    ``notices``."""
+    last_yield = 0.0
+    for event in events:
+        step_aside()
+        if event.get("stopped"):
+            notices.append(event["stopped"])
+        now = time.monotonic()
+        final = bool(event.get("stopped")) or trainer.step == n_steps
+        if "eval" not in event and not final and now - last_yield < YIELD_SECONDS:
+            continue
+        last_yield = now
+        yield event, final
+
+
+def _run_controls(prefix: str, starts: list, start_id: str, steps: tuple[int, int, int], steps_label: str,
+                  run_label: str, status: str = ""):
+    """Start-from menu, steps slider, run and stop buttons, status: the controls of a training run.
+    ``steps`` is (min, max, value); elem_ids are prefix-start_id, -steps, -run, -stop, -status."""
+    # The handler checks the menu's value itself, with a message naming the choices.
+    start = gr.Dropdown(starts, value=starts[0][1], label="Start from", allow_custom_value=True,
+                        elem_id=f"{prefix}-{start_id}")
+    n_steps = Slider(steps[0], steps[1], value=steps[2], step=10, label=steps_label, elem_id=f"{prefix}-steps")
+    with gr.Row():
+        run = gr.Button(run_label, variant="primary", elem_id=f"{prefix}-run")
+        stop = gr.Button("Stop", variant="stop", elem_id=f"{prefix}-stop")
+    return start, n_steps, run, stop, gr.Markdown(status, elem_id=f"{prefix}-status")
+
+
+def _constant_answer(base: dict) -> str:
+    """What scores the baseline: one genre, or any, where the held-out classes are balanced."""
+    counts = set(base["heldout_counts"].values())
+    return "any one genre, the classes being balanced" if len(counts) == 1 else f"always {base['majority']}"
+
+
+def _classify_intro() -> str:
+    base = classify.baseline()
+    bundled, why = classify.bundled_head()
+    counts = ", ".join(f"{k} {v}" for k, v in base["heldout_counts"].items())
+    text = (f"The lines: {len(classify.data()[1])} to train on and {len(classify.data()[2])} held out ({counts}), "
+            f"speeches from the plays labelled by the First Folio's genres, split by scene. ")
+    if bundled is None:
+        return text + f"Until you train a head, the line below is scored by an untrained one ({why})."
+    acc = bundled["meta"].get("accuracy")
+    whole = json.loads(acc) if acc else None
+    return text + ("The line below is scored by the bundled head until you train one" +
+                   (f": trained with `python -m gpt2core.classify` on the whole data set, where it scored "
+                    f"{whole['after']:.1%} on {whole['examples']:,} held-out speeches (majority-class baseline "
+                    f"{whole['baseline']:.1%})." if whole else "."))
+
+
+def _classify_figures(state, text, layer, head, with_note: bool = True):
+    """(probabilities, attention, note) for a line: this session's head, else the bundled one (else a fresh
+    one). Without ``with_note`` (the page's first draw) the held-out accuracy is not measured."""
+    used = state or classify.bundled_head()[0]
+    pred = classify.predict(used, text, layer, head)
+    if state:
+        who = (f"your head ({'from the bundled one, ' if state['start'] == 'bundled' else 'fresh, '}"
+               f"{state['steps']} steps)")
+    else:
+        who = "the bundled head" if used else "an untrained head (random weights)"
+    probs = class_probabilities(pred.labels, pred.probs, f"Genre probabilities ({who})")
+    attention = last_token_attention(pred.tokens, pred.attention, pred.layer, pred.head)
+    if not with_note:
+        return probs, attention, ""
+    m = classify.heldout_metrics(used)
+    top, looked = int(pred.probs.argmax()), int(pred.attention.argmax())
+    token = html.escape(pred.tokens[looked].replace("`", "'"))
+    note = (f"Scored by {who}: held-out accuracy {m['accuracy']:.1%} on {m['n_eval']} lines. "
+            f"Most likely: **{pred.labels[top]}** ({pred.probs[top]:.0%}). In layer {pred.layer}, head {pred.head}, "
+            f"the last token looks most at `{token}` (position {looked}, weight {pred.attention[looked]:.2f}).")
+    return probs, attention, note + "".join(f"\n\nⓘ {n}" for n in pred.notices)
