@@ -311,3 +311,34 @@ def test_features_are_the_hidden_states():
     with torch.no_grad():
         for i, e in enumerate(examples):
             torch.testing.assert_close(feats[i], clf.hidden(torch.tensor([e.ids]))[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_equal_one_process(tmp_path):
+    """As gpt2core.train: global batch 4 = 2 examples x 2 gloo processes makes the same updates as one process
+    with batch 4 (the last block and the head train, so the gradients go through DDP)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_train_scale import ROOT, free_port
+    data = [{**r, "split": "train"} for r in easy_set(40, 0)] + [{**r, "split": "heldout"} for r in easy_set(10, 1)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in data))
+    common = ["--data", str(path), "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--n-ctx", "32",
+              "--steps", "4", "--eval-every", "4", "--warmup", "1", "--train", "last", "--device", "cpu",
+              "--threads", "1", "--lr", "5e-3"]
+    assert main([*common, "--out", str(tmp_path / "one"), "--batch-size", "4"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "gpt2core.classify", *common, "--out", str(tmp_path / "two"),
+           "--batch-size", "2"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "effective batch 4 = 2 x 1 accumulation x 2 processes (gloo)" in done.stderr
+    assert done.stderr.count("wrote ") == 1                                      # rank 0 alone writes
+    a, b = (json.loads((tmp_path / n / "log.json").read_text()) for n in ("one", "two"))
+    assert [e["loss"] for e in b["train"]] == pytest.approx([e["loss"] for e in a["train"]], rel=1e-5, abs=1e-6)
+    one, two = load_classifier(tmp_path / "one"), load_classifier(tmp_path / "two")
+    for (k, va), vb in zip(one.state_dict().items(), two.state_dict().values()):
+        torch.testing.assert_close(vb, va, rtol=1e-4, atol=5e-5, msg=k)

@@ -18,6 +18,7 @@ import torch
 from gpt2core import GPT2, load
 from gpt2core.classify import (ClassifierTrainer, GPT2Classifier, attach_head, body_fingerprint, encode_records,
                                features, majority_baseline, metrics, read_records)
+from gpt2core.devices import ids_on
 from gpt2core.hooks import capture
 from gpt2core.train import TrainSettings
 from gpt2core.weights import WEIGHTS_FILE, WeightsError
@@ -143,7 +144,7 @@ def heldout_metrics(state: dict | None) -> dict:
     _, _, held, _ = data()
     with torch.no_grad():
         logits = clf.head(shared_features()[1])
-    return metrics(logits, torch.tensor([e.label for e in held]), clf.labels)
+    return metrics(logits, torch.tensor([e.label for e in held], device=logits.device), clf.labels)
 
 
 def curve(log: dict) -> dict:
@@ -193,7 +194,7 @@ def predict(state: dict | None, text, layer, head) -> Prediction:
     prompt = prepare_prompt(text, max_tokens=cfg.n_ctx, keep="start")   # the head reads a text's first tokens
     clf = classifier(state)
     with torch.no_grad(), capture([PATTERN_HOOK.format(layer)]) as cache:
-        logits = clf(torch.tensor([prompt.ids]))                          # (1, C)
+        logits = clf(ids_on(model, [prompt.ids]))                         # (1, C)
     pattern = cache[PATTERN_HOOK.format(layer)][0, head, -1]               # (T,) the last query's row
     probs = torch.softmax(logits[0].float(), -1)
     return Prediction(list(clf.labels), to_numpy(probs), prompt.tokens, to_numpy(pattern.float()), layer, head,
