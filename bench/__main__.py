@@ -360,8 +360,8 @@ def bench_circuits(pair: Pair, runs: int, sweep_len: int = 16, detect_len: int =
 
 ENDPOINT_TOKENS = 128   # explorer.inputs.MAX_VIEW_TOKENS, the analysis views' cap: the 300 ms target holds there
 # Long-running by design (bounded elsewhere), so reported per unit, not held to the 300 ms target.
-STREAMING = {"/generate": "n_new", "/train": "n_steps", "/train_instruct": "n_steps"}
-STREAM_UNITS = {"/generate": 20, "/train": 10, "/train_instruct": 10}
+STREAMING = {"/generate": "n_new", "/train": "n_steps", "/train_instruct": "n_steps", "/classify_train": "n_steps"}
+STREAM_UNITS = {"/generate": 20, "/train": 10, "/train_instruct": 10, "/classify_train": 10}
 # Long by design, with a progress bar, and held to a target of their own elsewhere.
 LONG = {"/why_scan": "144 ablations for GPT-2 124M; its target, 10 s at 16 tokens, is `bench why`'s",
         "/precision_view": "four full forward passes, one per precision, by design",
@@ -403,10 +403,11 @@ def endpoint_args(spec: dict, prompt: str, model_name: str) -> list:
     return args
 
 
-def bench_endpoints(runs: int, model: str = "bundled") -> list[str]:
+def bench_endpoints(runs: int, model: str = "bundled", only: str = "") -> list[str]:
     """Server time (gradio's own per-event timing: preprocess + handler + postprocess) and payload size of
     every explorer endpoint with a 128-token prompt, on the bundled model or (``model="gpt2"``) on GPT-2 124M
-    with random weights, the size a Space serves."""
+    with random weights, the size a Space serves. ``only``: comma-separated prefixes of the api_names to time
+    (say "circuits_,classify_"), every endpoint when empty."""
     from gradio_client import Client
 
     from explorer.app import build_app
@@ -429,7 +430,10 @@ def bench_endpoints(runs: int, model: str = "bundled") -> list[str]:
         lines = [f"endpoints on model '{registry.default}', {ENDPOINT_TOKENS}-token prompt, server time = "
                  f"gradio's own durations of the event (summed over a stream's chunks), mean of {runs} "
                  f"after a warm-up call; payload = JSON of the result:"]
+        prefixes = tuple("/" + p.strip().lstrip("/") for p in only.split(",") if p.strip())
         for name in sorted(named, key=lambda n: (n == "/train_use", n)):   # /train_use needs /train first
+            if prefixes and not name.startswith(prefixes):
+                continue
             spec = {**named[name], "api_name": name}
             args = endpoint_args(spec, prompt, registry.default)
             fn = fns[name.lstrip("/")]
@@ -469,6 +473,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--model", choices=["bundled", "gpt2"], default="bundled",
                     help="the model the endpoints run on: the bundled one, or GPT-2 124M with random weights")
+    ap.add_argument("--only", default="", help="endpoints: time only the api_names with these comma-separated "
+                                               "prefixes (say circuits_,classify_)")
     ap.add_argument("--out", help="also append the results to this markdown file")
     ap.add_argument("--remeasure", action="store_true",
                     help="forget the saved kernel choices first, so each op is timed again on this machine")
@@ -486,7 +492,7 @@ def main(argv=None) -> int:
              ("prefill", lambda: bench_prefill(pair, args.runs)), ("memory", bench_memory),
              ("coldstart", bench_coldstart), ("why", lambda: bench_why(pair, args.runs)),
              ("circuits", lambda: bench_circuits(pair, args.runs)),
-             ("endpoints", lambda: bench_endpoints(args.runs, args.model)), ("streaming", lambda: bench_streaming(args))]
+             ("endpoints", lambda: bench_endpoints(args.runs, args.model, args.only)), ("streaming", lambda: bench_streaming(args))]
     if pair is not None:
         steps.append(("kernels", bench_kernels))
         what.add("kernels")
