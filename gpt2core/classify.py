@@ -240,6 +240,7 @@ def majority_baseline(train_labels: Sequence[int], heldout_labels: Sequence[int]
     top_train, top_held = int(train_c.argmax()), int(held_c.argmax())
     return {"train_majority": names[top_train], "train_majority_accuracy": float(held_c[top_train]) / n,
             "majority": names[top_held], "accuracy": float(held_c[top_held]) / n,
+            "tied": len(set(held_c.tolist())) == 1,          # balanced classes: any constant answer scores it
             "heldout_counts": {names[c]: int(held_c[c]) for c in range(len(names))},
             "train_counts": {names[c]: int(train_c[c]) for c in range(len(names))}}
 

@@ -252,7 +252,8 @@ def test_metrics_and_the_majority_baseline():
     assert m["recall"] == {"a": pytest.approx(1 / 3), "b": 1.0} and m["balanced_accuracy"] == pytest.approx(2 / 3)
     b = majority_baseline([1, 1, 1, 0], [0, 0, 1, 2, 0], ["a", "b", "c"])
     assert (b["majority"], b["accuracy"]) == ("a", 0.6)                       # the held-out set's commonest
-    assert (b["train_majority"], b["train_majority_accuracy"]) == ("b", 0.2)
+    assert (b["train_majority"], b["train_majority_accuracy"]) == ("b", 0.2) and not b["tied"]
+    assert majority_baseline([0, 1], [0, 1, 2, 2, 1, 0], ["a", "b", "c"])["tied"]   # balanced: any answer
 
 
 def test_save_and_load_a_classifier(tmp_path):
