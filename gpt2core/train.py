@@ -173,6 +173,22 @@ def build_model(init: str | None, cfg: GPT2Config, dropout: float) -> GPT2:
 
 
 @torch.no_grad()
+def reset_unseen_embeddings(model: GPT2, ids: torch.Tensor, seed: int = 0) -> int:
+    """Re-draw, N(0, 0.02) as at initialisation, the token-embedding rows of the ids that never occur
+    in ``ids``; returns how many. Training on a text never shows a model most of the vocabulary, and
+    the output softmax pushes every unseen row the same way, so they end up nearly alike: a model
+    can then not copy them in context. The ``<|endoftext|>`` separator between files counts as
+    unseen (a few dozen occurrences teach it nothing). Rows are drawn in id order from ``seed``."""
+    counts = torch.bincount(ids.flatten().cpu(), minlength=model.config.vocab_size)     # (V,)
+    counts[tokenizer.EOT_ID] = 0
+    unseen = counts[:model.config.vocab_size] == 0                                       # (V,)
+    g = torch.Generator().manual_seed(seed)
+    fresh = torch.randn(int(unseen.sum()), model.config.n_embd, generator=g) * 0.02    # (U, d)
+    model.wte.weight[unseen.to(model.wte.weight.device)] = fresh.to(model.wte.weight)
+    return int(unseen.sum())
+
+
+@torch.no_grad()
 def evaluate(model: GPT2, ids: torch.Tensor, batch_size: int, max_batches: int) -> float:
     """Mean loss over fixed, non-overlapping windows of ``ids`` (deterministic)."""
     n = model.config.n_ctx
@@ -531,6 +547,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat-pool", choices=REPEAT_POOLS, default="vocab",
                     help="random ids from the whole vocabulary, the ids the training text holds, or its "
                          f"{COMMON_IDS} commonest")
+    ap.add_argument("--reset-unseen", action="store_true",
+                    help="(with --init) re-draw the embeddings of token ids the text never contains "
+                         "(see reset_unseen_embeddings), so that they can be copied in context")
     ap.add_argument("--repeat-fill", action="store_true",
                     help="a random span repeats over its whole window (A A A ...), not just twice")
     add_run_args(ap, steps=2000, batch_size=16, unit="sequences", dropout=0.1, warmup=100, weight_decay=0.1,
@@ -557,6 +576,12 @@ def main(argv=None) -> int:
                      dropout=args.dropout)
     torch.manual_seed(args.seed)   # the same initial weights on every rank
     model = build_model(args.init, cfg, args.dropout).to(device)
+    if args.reset_unseen:
+        if not args.init:
+            ap.error("--reset-unseen needs --init: a fresh model's embeddings are all freshly drawn")
+        if not args.resume:
+            n_reset = reset_unseen_embeddings(model, ids)   # seed 0, whatever --seed: the rows are part of the start
+            print(f"re-drew the embeddings of {n_reset:,} ids the text never contains", file=sys.stderr)
     trainer = Trainer.from_ids(model, ids, settings)
     main_rank = trainer.rank == 0
     say = (lambda msg: print(msg, file=sys.stderr)) if main_rank else (lambda msg: None)  # noqa: E731

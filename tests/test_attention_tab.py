@@ -259,3 +259,16 @@ def test_attention_view_bad_input_is_a_clean_error(client, registry):
         client.predict(TEXT, 0, 0, -1, "maybe", name, api_name="/attention_view")
     with pytest.raises(Exception, match="empty"):
         client.predict("   ", 0, 0, -1, False, name, api_name="/attention_view")
+
+
+def test_the_draw_reads_the_prompt_the_sliders_were_fitted_to(client):
+    """The sliders are fitted to one prompt, then the figures are drawn: the draw must read that same prompt,
+    not the prompt box, which may hold newer text by then (typed, or a link's), past whose end a fitted query
+    slider can point (a race once seen as an error toast under load)."""
+    cfg = client.config
+    by_elem = {c.get("props", {}).get("elem_id"): c["id"] for c in cfg["components"]}
+    fitted, prompt, query = by_elem["attention-fitted-prompt"], by_elem["prompt"], by_elem["attention-query"]
+    view = next(d for d in cfg["dependencies"] if d.get("api_name") == "attention_view")
+    fitting = [d for d in cfg["dependencies"] if fitted in d["outputs"]]
+    assert view["inputs"][0] == fitted and prompt not in view["inputs"]
+    assert len(fitting) == 1 and query in fitting[0]["outputs"] and prompt in fitting[0]["inputs"]

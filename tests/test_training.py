@@ -210,3 +210,24 @@ def test_plot_loss_writes_a_png(tmp_path):
     plot_loss(log, path)
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+
+
+def test_reset_unseen_embeddings_redraws_only_the_ids_the_text_lacks():
+    from gpt2core.tokenizer import EOT_ID
+    from gpt2core.train import reset_unseen_embeddings
+    model = nano()
+    before = model.wte.weight.detach().clone()                          # (V, d)
+    ids = torch.tensor([5, 7, 7, 900, EOT_ID, 5])
+    n = reset_unseen_embeddings(model, ids)
+    after = model.wte.weight.detach()
+    seen = torch.zeros(len(before), dtype=torch.bool)
+    seen[[5, 7, 900]] = True
+    assert n == len(before) - 3                     # the <|endoftext|> separator counts as unseen
+    assert torch.equal(after[seen], before[seen])
+    assert not torch.equal(after[EOT_ID], before[EOT_ID])
+    assert abs(float(after[~seen].std()) - 0.02) < 0.001
+    # The rows come from seed 0 in id order: the same call on another model draws the same rows.
+    other = nano(seed=1)
+    reset_unseen_embeddings(other, ids)
+    assert torch.equal(other.wte.weight[~seen], after[~seen])
+    assert model.lm_head.weight is model.wte.weight                      # still tied

@@ -75,6 +75,9 @@ def build(ctx: AppContext) -> None:
                                   elem_id="attention-show-scores")
         btn = gr.Button("Show attention", elem_id="attention-run", variant="primary")
     n_tokens = gr.State(n0)   # tokens in the last prompt shown: lets the query slider follow the last token
+    # The prompt the sliders were just fitted to, for the draw that follows: the prompt box itself may
+    # already hold newer text by then (typed, or a link's), which the fitted query slider need not fit.
+    fitted_prompt = gr.Textbox(ctx.prompt.value, visible=False, elem_id="attention-fitted-prompt")
     info = gr.Markdown(elem_id="attention-info")
     with gr.Row():
         head_plot = gr.Plot(elem_id="attention-heatmap", label="One head", scale=3)
@@ -109,7 +112,7 @@ def build(ctx: AppContext) -> None:
             q = T - 1      # a new prompt: follow its last token (unless the user picked another one)
         return (slider(layer_v, fit(layer_v, c.n_layer - 1, 0), c.n_layer - 1),
                 slider(head_v, fit(head_v, c.n_head - 1, 0), c.n_head - 1),
-                slider(query_v, q, T - 1), T)
+                slider(query_v, q, T - 1), T, text)
 
     @handle
     def attention_view(text, layer_v, head_v, query_v, scores_v, model_name, user_models):
@@ -149,9 +152,9 @@ def build(ctx: AppContext) -> None:
     sync = gr.on([btn.click, ctx.prompt.submit, ctx.page_ready.click, layer.release, head.release, query.release, show_scores.input,
                   ctx.model_choice.change],
                  sync_controls, [ctx.prompt, layer, head, query, n_tokens, *model_inputs],
-                 [layer, head, query, n_tokens], api_visibility="private")
+                 [layer, head, query, n_tokens, fitted_prompt], api_visibility="private")
     # preprocess=False: API callers may send any layer, head or query (sliders would refuse values
     # outside their build-time range with a generic message); attention_view checks them itself.
-    sync.success(attention_view, [ctx.prompt, layer, head, query, show_scores, *model_inputs],
+    sync.success(attention_view, [fitted_prompt, layer, head, query, show_scores, *model_inputs],
                  [head_plot, avg_plot, query_plot, grid_plot, info], api_name="attention_view",
                  preprocess=False)
