@@ -38,11 +38,10 @@ extends each by every token, and returns the finished one with the best score (t
 length<sup>length penalty</sup>); the tree below shows every step's beams, what they could have become, and
 in orange the winner. Follow the orange path to where it leaves greedy's likeliest token, then press
 **Compare** to see that beam search found a more probable continuation, and, on the small Shakespeare
-model, often a blander one (a stage direction, a run of spaces).
+model, often a blander one (a stage direction, a phrase said again).
 """
 # Prompts where beam search (width 3, 8 tokens) parts from greedy on the bundled Shakespeare model.
 BEAM_EXAMPLES = [
-    "Once upon a time",
     "First Citizen:\nBefore we proceed",
     "To be, or not to be",
     "ROMEO:",

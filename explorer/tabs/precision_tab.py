@@ -32,9 +32,9 @@ examples), and that is the price paid for weights half the size (bf16, fp16) or 
 # Found by trying on the bundled model: in the first three two next tokens are nearly tied, and some
 # precisions swap them (tests/test_precision_tab.py checks one does); the last is a sure prediction.
 EXAMPLES = [
-    "My lord, the king is dead, and",
-    "The reasons you allege do more conduce",
+    "And I will fill them with",
     "You have broke it, cousin; and by my life, you shall make it",
+    "Our firebrand brother, Paris, burns us",
     "To be, or not to be, that is the question:",
 ]
 
