@@ -129,7 +129,8 @@ def test_compare_endpoint(client, registry, model):
     a, b = sides(model, PROMPT_A, PROMPT_B)
     d = compare_distributions(a.probs, b.probs)
     fig = plot_json(bars)
-    assert fig["data"][0]["x"] == pytest.approx(np.round(d.p_a, 6).tolist(), abs=1e-6)
+    # Both sides round to 6 places; float noise between the two runs can tip the last place (abs 2e-6).
+    assert fig["data"][0]["x"] == pytest.approx(np.round(d.p_a, 6).tolist(), abs=2e-6)
     assert len(fig["data"][0]["y"]) == len(d.ids)
     for i in a.prompt.ids:
         assert f">{i}</span>" in chips_a
