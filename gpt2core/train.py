@@ -181,7 +181,7 @@ def reset_unseen_embeddings(model: GPT2, ids: torch.Tensor, seed: int = 0) -> in
     unseen (a few dozen occurrences teach it nothing). Rows are drawn in id order from ``seed``."""
     counts = torch.bincount(ids.flatten().cpu(), minlength=model.config.vocab_size)     # (V,)
     counts[tokenizer.EOT_ID] = 0
-    unseen = counts[:model.config.vocab_size] == 0                                       # (V,)
+    unseen = counts == 0                                                                 # (V,)
     g = torch.Generator().manual_seed(seed)
     fresh = torch.randn(int(unseen.sum()), model.config.n_embd, generator=g) * 0.02    # (U, d)
     model.wte.weight[unseen.to(model.wte.weight.device)] = fresh.to(model.wte.weight)
@@ -547,11 +547,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat-pool", choices=REPEAT_POOLS, default="vocab",
                     help="random ids from the whole vocabulary, the ids the training text holds, or its "
                          f"{COMMON_IDS} commonest")
+    ap.add_argument("--repeat-fill", action="store_true",
+                    help="a random span repeats over its whole window (A A A ...), not just twice")
     ap.add_argument("--reset-unseen", action="store_true",
                     help="(with --init) re-draw the embeddings of token ids the text never contains "
                          "(see reset_unseen_embeddings), so that they can be copied in context")
-    ap.add_argument("--repeat-fill", action="store_true",
-                    help="a random span repeats over its whole window (A A A ...), not just twice")
     add_run_args(ap, steps=2000, batch_size=16, unit="sequences", dropout=0.1, warmup=100, weight_decay=0.1,
                  eval_every=200)
     args = ap.parse_args(argv)

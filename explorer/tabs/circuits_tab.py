@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..components import Number
-from ..compute.circuits import (MAX_RANDOM_TOKENS, PROMPT, RANDOM, SOURCES, best_heads, detector_view,
+from ..compute.circuits import (MAX_RANDOM_TOKENS, RANDOM, SOURCES, best_heads, detector_view,
                                 head_choices, parse_head, patching_view)
 from ..context import AppContext
 from ..errors import handle
@@ -19,9 +19,9 @@ DETECTOR_EXPLANATION = """
 **Which heads copy?** Feed the model random tokens, then the same tokens again: a model with **induction
 heads** predicts the second copy better (watch the loss fall after the red line), because those heads look from
 each token to the token that followed it last time. GPT-2 124M copies almost perfectly; the small bundled model
-has four young induction heads in layer 5, fed by previous-token heads 3.0 and 4.2, and gains about 1.8 nats. The four maps score every head for the classic
-types (1 = all its attention goes where that type looks); pick a head below to see its pattern, where an
-induction head draws a stripe just above the diagonal of the second copy.
+has four young induction heads in layer 5, fed by previous-token heads 3.0 and 4.2, and gains about 1.8 nats.
+The four maps score every head for the classic types (1 = all its attention goes where that type looks); pick
+a head below to see its pattern, where an induction head draws a stripe just above the diagonal of the second copy.
 
 - **previous-token**: attends to the token just before. **duplicate-token**: to earlier copies of the same token.
   **induction**: to the token *after* an earlier copy. **first-token**: to position 0, a resting place.
