@@ -31,6 +31,14 @@ def heldout_loss(model, folder: Path) -> tuple[float, int]:
     return evaluate(model, ids, batch_size=8, max_batches=10_000), len(ids)
 
 
+def embedding_lr_note(settings: dict) -> str:
+    """How the token embedding's learning rate differed from the rest (nothing when it did not)."""
+    scale = settings.get("embedding_lr_scale", 1.0)
+    if scale == 1.0:
+        return ""
+    return " (the token embedding frozen)" if scale == 0 else f" (the token embedding's {scale} times that)"
+
+
 def copying_report(model, folder: Path) -> dict:
     """How well the model copies in context, measured: the induction loss (50 random ids repeated twice,
     16 sequences), repeated held-out passages, and the heads the detector names on a repeated random sequence."""
@@ -139,7 +147,7 @@ content licensed CC-BY 2.5, code MIT). {len(args.heldout_from)} files joined in 
 
 ## Training
 AdamW (betas {tuple(settings['betas'])}, weight decay {settings['weight_decay']} on 2-D weights only),
-learning rate {settings['lr']} with {settings['warmup_steps']} warmup steps then cosine to {settings['min_lr']},
+learning rate {settings['lr']} with {settings['warmup_steps']} warmup steps then cosine to {settings['min_lr']}{embedding_lr_note(settings)},
 gradient clipping at {settings['grad_clip']}, effective batch
 {run_info['effective_batch']} x {cfg['n_ctx']} tokens ({settings['batch_size']} per micro-batch
 x {run_info['grad_accum']} accumulation x {run_info['world_size']} process(es)),

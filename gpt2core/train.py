@@ -71,6 +71,7 @@ class TrainSettings:
     repeat_random_share: float = 0.5   # of those, the share whose span is random token ids
     repeat_pool: str = "vocab"   # random ids from: the whole vocabulary, the ids of the training text, its commonest
     repeat_fill: bool = False    # a random span repeats over its whole window, not just twice
+    embedding_lr_scale: float = 1.0   # the token embedding's lr is lr times this (0: frozen)
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.grad_accum < 1:
@@ -81,6 +82,8 @@ class TrainSettings:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not (0 <= self.repeat_fraction <= 1 and 0 <= self.repeat_random_share <= 1):
             raise ValueError("repeat_fraction and repeat_random_share must be in [0, 1]")
+        if self.embedding_lr_scale < 0:
+            raise ValueError("embedding_lr_scale must be >= 0")
         if self.repeat_pool not in REPEAT_POOLS:
             raise ValueError(f"repeat_pool must be one of {', '.join(REPEAT_POOLS)}, got {self.repeat_pool!r}")
         if self.bf16:
@@ -99,12 +102,18 @@ def lr_at(step: int, s: TrainSettings) -> float:
 
 
 def make_optimizer(model: GPT2, s: TrainSettings) -> torch.optim.AdamW:
-    """Weight decay on matrices and embeddings (2-D); none on biases and LayerNorm parameters."""
+    """Weight decay on matrices and embeddings (2-D); none on biases and LayerNorm parameters.
+    The token embedding (tied to the head) has a group of its own, its lr scaled by
+    ``s.embedding_lr_scale``; each group's ``lr_scale`` is applied by ``Trainer.train_step``."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    wte = params.pop("wte.weight", None)
     decay = [p for p in params.values() if p.dim() >= 2]
     no_decay = [p for p in params.values() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=s.lr, betas=s.betas)
+    groups = [{"params": decay, "weight_decay": s.weight_decay, "lr_scale": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+    if wte is not None:
+        groups.append({"params": [wte], "weight_decay": s.weight_decay, "lr_scale": s.embedding_lr_scale})
+    return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas)
 
 
 class SummedLoss(nn.Module):
@@ -186,6 +195,17 @@ def reset_unseen_embeddings(model: GPT2, ids: torch.Tensor, seed: int = 0) -> in
     fresh = torch.randn(int(unseen.sum()), model.config.n_embd, generator=g) * 0.02    # (U, d)
     model.wte.weight[unseen.to(model.wte.weight.device)] = fresh.to(model.wte.weight)
     return int(unseen.sum())
+
+
+@torch.no_grad()
+def spread_embeddings(model: GPT2, sigma: float, seed: int = 0) -> None:
+    """Add N(0, sigma) to every token-embedding row. A small model trained on one text keeps its
+    rows in a narrow cone (here 97% of their variance, less the mean, on one axis), so a row says
+    little that sets it apart from the others, and no head can copy it in context; a little
+    independent noise per row gives each token an identity of its own. Drawn from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(model.wte.weight.shape, generator=g) * sigma                    # (V, d)
+    model.wte.weight += noise.to(model.wte.weight)
 
 
 @torch.no_grad()
@@ -319,7 +339,7 @@ class Trainer:
         batches, n_targets = self.micro_batches()
         lr = lr_at(self.step, s)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         # Each rank's loss is its share of the global sum over n_targets; DDP averages gradients
         # over ranks, so multiplying by world_size makes the update that of the whole batch.
         scale = self.world_size / n_targets
@@ -552,6 +572,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reset-unseen", action="store_true",
                     help="(with --init) re-draw the embeddings of token ids the text never contains "
                          "(see reset_unseen_embeddings), so that they can be copied in context")
+    ap.add_argument("--spread-embeddings", type=float, default=0.0, metavar="SIGMA",
+                    help="(with --init) add N(0, SIGMA) to every token embedding (see spread_embeddings)")
+    ap.add_argument("--embedding-lr-scale", type=float, default=1.0,
+                    help="the token embedding's learning rate, as a multiple of --lr (0 freezes it)")
     add_run_args(ap, steps=2000, batch_size=16, unit="sequences", dropout=0.1, warmup=100, weight_decay=0.1,
                  eval_every=200)
     args = ap.parse_args(argv)
@@ -566,7 +590,8 @@ def main(argv=None) -> int:
                                  sample_prompt=args.prompt, precision=precision_of(args),
                                  grad_accum=args.grad_accum, compile=args.compile,
                                  repeat_fraction=args.repeat_fraction, repeat_random_share=args.repeat_random_share,
-                                 repeat_pool=args.repeat_pool, repeat_fill=args.repeat_fill)
+                                 repeat_pool=args.repeat_pool, repeat_fill=args.repeat_fill,
+                                 embedding_lr_scale=args.embedding_lr_scale)
     except ValueError as e:
         ap.error(str(e))
 
@@ -582,6 +607,11 @@ def main(argv=None) -> int:
         if not args.resume:
             n_reset = reset_unseen_embeddings(model, ids)   # seed 0, whatever --seed: the rows are part of the start
             print(f"re-drew the embeddings of {n_reset:,} ids the text never contains", file=sys.stderr)
+    if args.spread_embeddings:
+        if not args.init:
+            ap.error("--spread-embeddings needs --init")
+        if not args.resume:
+            spread_embeddings(model, args.spread_embeddings)   # seed 0, like --reset-unseen
     trainer = Trainer.from_ids(model, ids, settings)
     main_rank = trainer.rank == 0
     say = (lambda msg: print(msg, file=sys.stderr)) if main_rank else (lambda msg: None)  # noqa: E731

@@ -123,12 +123,13 @@ def test_weight_decay_only_on_matrices():
     model = nano()
     s = TrainSettings(weight_decay=0.1)
     opt = make_optimizer(model, s)
-    decay, no_decay = opt.param_groups
-    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    decay, no_decay, embedding = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0 and embedding["weight_decay"] == 0.1
     assert all(p.dim() == 2 for p in decay["params"])
     assert all(p.dim() == 1 for p in no_decay["params"])
     names = {id(p): n for n, p in model.named_parameters()}
-    decayed = {names[id(p)] for p in decay["params"]}
+    decayed = {names[id(p)] for p in decay["params"] + embedding["params"]}
+    assert [names[id(p)] for p in embedding["params"]] == ["wte.weight"]
     assert "wte.weight" in decayed and "blocks.0.attn.c_attn.weight" in decayed
     assert not any(n.endswith(".bias") or ".ln_" in n or n.startswith("ln_f") for n in decayed)
     # Every parameter is in exactly one group (the tied head counts once).
@@ -231,3 +232,41 @@ def test_reset_unseen_embeddings_redraws_only_the_ids_the_text_lacks():
     reset_unseen_embeddings(other, ids)
     assert torch.equal(other.wte.weight[~seen], after[~seen])
     assert model.lm_head.weight is model.wte.weight                      # still tied
+
+
+def test_spread_embeddings_adds_seeded_noise_of_the_given_size_to_every_row():
+    from gpt2core.train import spread_embeddings
+    model = nano()
+    before = model.wte.weight.detach().clone()                          # (V, d)
+    spread_embeddings(model, 0.01)
+    added = model.wte.weight.detach() - before
+    assert (added != 0).all(dim=1).all()                               # every row moves
+    assert abs(float(added.std()) - 0.01) < 0.0005
+    other = nano(seed=1)
+    before_other = other.wte.weight.detach().clone()
+    spread_embeddings(other, 0.01)                                      # seed 0: the same noise
+    assert torch.allclose(other.wte.weight.detach() - before_other, added, atol=1e-6)
+    assert model.lm_head.weight is model.wte.weight
+
+
+def test_embedding_lr_scale_zero_freezes_the_token_embedding_and_trains_the_rest():
+    model = nano()
+    settings = TrainSettings(steps=3, batch_size=2, lr=1e-2, warmup_steps=1, weight_decay=0.1, eval_every=100,
+                             embedding_lr_scale=0.0)
+    wte, wpe = model.wte.weight.detach().clone(), model.wpe.weight.detach().clone()
+    trainer = Trainer.from_ids(model, fake_ids(400), settings)
+    for _ in range(3):
+        trainer.train_step()
+    assert torch.equal(model.wte.weight, wte)                           # frozen, weight decay too
+    assert not torch.equal(model.wpe.weight, wpe)
+    groups = {g["lr_scale"]: g for g in trainer.optimizer.param_groups}
+    assert groups[0.0]["lr"] == 0.0 and groups[1.0]["lr"] > 0
+    with pytest.raises(ValueError):
+        TrainSettings(embedding_lr_scale=-1)
+
+
+def test_the_model_card_says_when_the_embedding_learned_at_another_rate():
+    from gpt2core.modelcard import embedding_lr_note
+    assert embedding_lr_note({}) == "" and embedding_lr_note({"embedding_lr_scale": 1.0}) == ""
+    assert embedding_lr_note({"embedding_lr_scale": 0.0}) == " (the token embedding frozen)"
+    assert "0.1 times" in embedding_lr_note({"embedding_lr_scale": 0.1})
