@@ -28,8 +28,8 @@ def test_heldout_loss_matches_the_model_card(card):
     loss, n_tokens = heldout_loss(model, BUNDLED_DIR)
     assert n_tokens == card["heldout"]["tokens"]
     assert loss == pytest.approx(card["heldout"]["loss"], abs=2e-3)
-    # And it learned something: far below uniform guessing over 50,257 tokens (ln 50257 = 10.8).
-    assert loss < 7.0
+    # And it learned the text: no worse than the model before the copying stages (4.847), far below 10.8.
+    assert loss <= 4.84
     assert f"{card['heldout']['loss']:.4f}" in (BUNDLED_DIR / "README.md").read_text()
 
 
@@ -46,9 +46,10 @@ def test_copying_figures_match_the_model_card_and_the_model_copies(card):
     for key in ("induction_first", "induction_second", "induction_second_with_first", "text_first", "text_second"):
         assert report[key] == pytest.approx(card["copying"][key], abs=2e-3), key
     assert report["heads"] == card["copying"]["heads"]
-    # What the card and the Circuits tab say: it copies, if weakly (about 1.8 nats a token better the second time)...
-    assert report["induction_second"] < report["induction_first"] - 1.0
-    assert report["text_second"] < report["text_first"] - 0.3
+    # What the card and the Circuits tab say: it copies (the targets of issue 21): the second copy of random ids
+    # under 1 nat, a repeated held-out passage at most half its first cost...
+    assert report["induction_second"] < 1.0 < report["induction_first"] - 10
+    assert report["text_second"] <= report["text_first"] / 2
     # ...through induction heads fed by a previous-token head in a layer below them.
     ind_layer, _, ind_score = report["heads"]["induction"][0]
     prev_layer, _, prev_score = report["heads"]["previous_token"][0]

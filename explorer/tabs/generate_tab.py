@@ -43,7 +43,7 @@ model, often a blander one (a stage direction, a phrase said again).
 # Prompts where beam search (width 3, 8 tokens) parts from greedy on the bundled Shakespeare model.
 BEAM_EXAMPLES = [
     "First Citizen:\nBefore we proceed",
-    "To be, or not to be",
+    "Once upon a time",
     "ROMEO:",
 ]
 MAX_BEAM_WIDTH = 8

@@ -29,12 +29,12 @@ shifts. It matters when the model is unsure, when two next tokens are nearly tie
 swaps them (the ✕ marks in the position chart and "differs from fp32" in the table; try the
 examples), and that is the price paid for weights half the size (bf16, fp16) or less (int8).
 """
-# Found by trying on the bundled model: in the first three two next tokens are nearly tied, and some
-# precisions swap them (tests/test_precision_tab.py checks one does); the last is a sure prediction.
+# Found by trying on the bundled model: on the first two int8 changes the top next token
+# (tests/test_precision_tab.py checks two examples do); the last is a sure prediction.
 EXAMPLES = [
-    "And I will fill them with",
     "You have broke it, cousin; and by my life, you shall make it",
-    "Our firebrand brother, Paris, burns us",
+    "If music be the food of love, play",
+    "And I will fill them with",
     "To be, or not to be, that is the question:",
 ]
 

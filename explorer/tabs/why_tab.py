@@ -32,9 +32,9 @@ attribution, red heads and bars above zero push the target token up, blue heads 
   run the model again, or scan every head one at a time to find the ones the prediction needs.
 
 Repeated text is where copying heads show up in the scan: on the bundled model, the first example's scan
-names its layer-5 induction heads (5.2, 5.3, 5.1; see the Circuits tab), though each costs at most 0.2 of
-log-probability, for they copy weakly. The others are a speaker's name after a line break and a contrast
-between two next tokens.
+names the previous-token head 3.0 and the induction head 5.2 (see the Circuits tab); each costs under 0.2 of
+log-probability alone, for the other induction heads of layer 5 copy too. The others are a speaker's name after a
+line break and a contrast between two next tokens.
 Type tokens as text with their leading space (` lord`), or as `#id` (`#198` is a newline).
 """
 EXAMPLES = [
