@@ -28,7 +28,8 @@ def test_instruction_tuning_shows_the_mask_the_curve_and_the_answers(page):
                            ".innerText.includes('after.')", timeout=120_000)
     answers = page.locator("#train-instruct-answers").inner_text()
     # One row per task (its instruction in the first column); a model that copies may echo it in an answer.
-    assert "Exact match on 24 held-out records" in answers and sum(row.startswith("Reverse the order") for row in answers.splitlines()) == 1
+    assert "Exact match on 24 held-out records" in answers
+    assert sum(row.startswith("Reverse the order") for row in answers.splitlines()) == 1
     assert "step 10 / 10" in page.locator("#train-instruct-status").inner_text()
     page.wait_for_timeout(800)   # let the last redraws settle before the picture
     no_error_toast(page)
