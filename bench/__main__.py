@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gpt2core import GPT2, KVCache, generate, load_hf, native  # noqa: E402
+from gpt2core import GPT2, KVCache, generate, load_hf  # noqa: E402
+from gpt2core.kernels import native  # noqa: E402
 
 native.retain_freed_memory()   # as the app does (explorer/__init__.py); HF runs under it too
 
@@ -162,9 +163,9 @@ def bench_forward(pair: Pair, runs: int, lengths=(16, 64, 256)) -> list[str]:
 
 
 def bench_bf16(pair: Pair, runs: int, lengths=(64, 256)) -> list[str]:
-    """The opt-in bf16 mode (gpt2core.backend.precision): our full capture with bf16 products against HF's
+    """The opt-in bf16 mode (gpt2core.kernels.backend.precision): our full capture with bf16 products against HF's
     fp32 eager forward (the issue's reference) and HF cast to bf16, and its error against our fp32 capture."""
-    from gpt2core import backend
+    from gpt2core.kernels import backend
 
     has_units, why = backend.bf16_units()
     lines = [f"bf16: {why}"]
@@ -196,8 +197,8 @@ def bench_bf16(pair: Pair, runs: int, lengths=(64, 256)) -> list[str]:
 
 
 def bench_kernels() -> list[str]:
-    """Which implementation each op and shape class uses on this CPU (gpt2core.backend's measured choice)."""
-    from gpt2core import backend
+    """Which implementation each op and shape class uses on this CPU (gpt2core.kernels.backend's measured choice)."""
+    from gpt2core.kernels import backend
 
     path = backend._choices_file()
     return [f"kernel choices (native vs torch, timed at first use on this CPU, saved in {path}; "
@@ -287,7 +288,7 @@ def bench_why(pair: Pair, runs: int, lens_len: int = 64, scan_len: int = 16) -> 
     """The Why tab's computations on GPT-2 124M: the logit lens and the attribution at 64 tokens against HF's
     forward with every hidden state, and the per-head ablation scan at 16 tokens (batched) against the same
     144 ablations run one pass each."""
-    from gpt2core.lens import attribute, logit_lens, run_ablated, scan_heads
+    from gpt2core.analysis.lens import attribute, logit_lens, run_ablated, scan_heads
 
     model = pair.ours.eval().requires_grad_(False)
     cfg = model.config
@@ -323,7 +324,7 @@ def bench_circuits(pair: Pair, runs: int, sweep_len: int = 16, detect_len: int =
     """The Circuits tab on GPT-2 124M: the full patching sweep (residual stream, attention and MLP outputs per
     layer x position, every head) at 16 tokens, batched from each layer on, against the same patches run one
     ordinary forward pass each; and the head detector at 64 tokens against HF's forward with attentions."""
-    from gpt2core import circuits
+    from gpt2core.analysis import circuits
 
     model = pair.ours.eval().requires_grad_(False)
     cfg = model.config
@@ -482,7 +483,7 @@ def main(argv=None) -> int:
     what = {"decode", "forward", "bf16", "prefill", "memory", "coldstart", "why", "circuits", "endpoints", "streaming"} \
         if "all" in args.what else set(args.what)
     if args.remeasure:
-        from gpt2core import backend
+        from gpt2core.kernels import backend
         backend.forget_choices(on_disk=True)
     lines = [f"machine: {machine()}"]
     print(lines[0], flush=True)

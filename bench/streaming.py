@@ -2,7 +2,7 @@
                                                                               [--model gpt2|bundled]
 
 The app is built and launched in this process (as bench endpoints does) and its /generate endpoint is
-called through gradio_client, the way the browser streams it; gpt2core.generate decodes the same prompt
+called through gradio_client, the way the browser streams it; gpt2core.decoding.generate decodes the same prompt
 with the same settings on the same model, run by run in turn with the app. Greedy (temperature 0), so both
 make the same tokens. Reported: tokens/s of each (median of N), the app's as the user sees it (from the
 request to its last update, on the client) and as gradio's own durations add up (server time, summed over
@@ -41,7 +41,7 @@ def _registry(model: str):
 
 
 def bench_streaming(runs: int, model: str = "gpt2", new_tokens: int = NEW_TOKENS) -> list[str]:
-    """App stream tokens/s against gpt2core.generate's, measured in one process; the printed lines."""
+    """App stream tokens/s against gpt2core.decoding.generate's, measured in one process; the printed lines."""
     from gradio_client import Client
 
     from bench.__main__ import free_port
@@ -94,7 +94,7 @@ def bench_streaming(runs: int, model: str = "gpt2", new_tokens: int = NEW_TOKENS
         return [
             f"streaming, model '{registry.default}', {len(ids)}-token prompt, {n_raw} new tokens (greedy), "
             f"median of {runs}:",
-            f"  raw decode (gpt2core.generate): {raw_tps:.1f} tok/s ({statistics.median(raw_t) / n_raw * 1e3:.1f} "
+            f"  raw decode (gpt2core.decoding.generate): {raw_tps:.1f} tok/s ({statistics.median(raw_t) / n_raw * 1e3:.1f} "
             f"ms per token, prefill included)",
             f"  app /generate through gradio_client: {app_tps:.1f} tok/s on the client, request to last update "
             f"({statistics.median(app_t) / n_app * 1e3:.1f} ms per token); {server_tps:.1f} tok/s by gradio's "

@@ -10,13 +10,14 @@ import os
 import sys
 
 HUB_ALIASES = ("gpt2", "openai-community/gpt2")
-# argparse's choices; a test checks them against gpt2core.backend.PRECISIONS.
+# argparse's choices; a test checks them against gpt2core.kernels.backend.PRECISIONS.
 DTYPES = ("fp32", "bf16", "fp16", "int8")
 
 
 def download(name: str) -> int:
     """``--download gpt2``: put GPT-2 into the local Hugging Face cache (a progress bar), then exit."""
-    from gpt2core import WeightsError, weights
+    from gpt2core import WeightsError
+    from gpt2core.reference import weights
 
     if name not in HUB_ALIASES:
         print(f"--download: only 'gpt2' (openai-community/gpt2) can be downloaded, got {name!r}", file=sys.stderr)
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import threading
 
-    from gpt2core import native
+    from gpt2core.kernels import native
 
     from . import build_app, build_registry
     from .app import CSS, SESSIONS_KEPT
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{registry.default} until it is ready", flush=True)
     print(f"serving model: {registry.default} on {device}, matrix products in {args.dtype}", flush=True)
     if args.dtype == "bf16" and device.type == "cpu":
-        from gpt2core import backend
+        from gpt2core.kernels import backend
         print(f"bf16: {backend.bf16_units()[1]}", flush=True)
     build_app(registry).launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS,
                                show_error=True, state_session_capacity=SESSIONS_KEPT)

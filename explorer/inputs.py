@@ -9,7 +9,7 @@ import math
 import unicodedata
 from dataclasses import dataclass, field
 
-from gpt2core import tokenizer
+from gpt2core.text import tokenizer
 
 MAX_PROMPT_CHARS = 20_000     # longer text is cut before tokenizing
 MAX_PROMPT_TOKENS = 512       # the most tokens any request runs through the model

@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 
-from gpt2core import native
+from gpt2core.kernels import native
 
 # malloc arenas: the cores the app is sized for (more only hold more peaks); 0 leaves glibc's default
 ARENAS = int(os.environ.get("GPT2_EXPLORER_MALLOC_ARENAS", "2"))

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import torch
 
-from gpt2core import GPT2, WeightsError, get_config, load, weights
-from gpt2core.trace import DEFAULT_WEIGHTS
+from gpt2core import GPT2, WeightsError, get_config, load
+from gpt2core.reference import weights
+from gpt2core.analysis.trace import DEFAULT_WEIGHTS
 
 from .inputs import InputError
 
 # ROOT holds assets/: the repo root in a checkout (or `pip install -e .`); a wheel has no repo root and
 # carries assets/ as explorer/_bundled/assets (pyproject.toml). The model ships with gpt2core, which
-# defaults to it too (python -m gpt2core.trace).
+# defaults to it too (python -m gpt2core.analysis.trace).
 _HERE = Path(__file__).resolve().parent
 ROOT = _HERE / "_bundled" if (_HERE / "_bundled").is_dir() else _HERE.parent
 BUNDLED_DIR = DEFAULT_WEIGHTS
@@ -54,7 +55,7 @@ class ModelRegistry:
 
     def __init__(self, device: torch.device | str = "cpu", precision: str = "fp32"):
         self._entries: dict[str, ModelEntry] = {}
-        self.precision = precision   # the served models' matrix products (--dtype; gpt2core.backend)
+        self.precision = precision   # the served models' matrix products (--dtype; gpt2core.kernels.backend)
         self._lock = threading.Lock()
         self._download_lock = threading.Lock()
         self.default: str | None = None
@@ -168,12 +169,12 @@ class ModelRegistry:
 def resolve_device(name: str) -> torch.device:
     """--device auto|cpu|cuda as training reads it: auto takes CUDA when there is one; cuda where there is
     none is a ValueError with a plain message (the app stops at start-up with it)."""
-    from gpt2core.train import resolve_device as train_resolve_device
+    from gpt2core.training.train import resolve_device as train_resolve_device
     return train_resolve_device(name)
 
 
 def device_label(device: torch.device) -> str:
-    from gpt2core.train import device_label as train_device_label
+    from gpt2core.training.train import device_label as train_device_label
     return train_device_label(device)
 
 
@@ -198,8 +199,8 @@ def build_registry(weights_arg: str | None = None, progress=None, device: torch.
     GPT-2 from the local HF cache loads at once. When it must be downloaded and ``background_download``
     is set (the app), the download runs in a thread and the bundled model serves until it is ready.
     ``precision`` (``--dtype``): the served models' matrix products, fp32 (exact, the default), bf16,
-    fp16 or int8 (gpt2core.backend); each model gets it as ``model.precision``."""
-    from gpt2core import backend
+    fp16 or int8 (gpt2core.kernels.backend); each model gets it as ``model.precision``."""
+    from gpt2core.kernels import backend
     if precision not in backend.PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(backend.PRECISIONS)}, got {precision!r}")
     registry = ModelRegistry(device, precision)

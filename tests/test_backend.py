@@ -1,4 +1,4 @@
-"""gpt2core.backend: the per-op choice (forced either way, or measured), the packed weights, the precisions."""
+"""gpt2core.kernels.backend: the per-op choice (forced either way, or measured), the packed weights, the precisions."""
 import copy
 import json
 import threading
@@ -7,8 +7,9 @@ import time
 import pytest
 import torch
 
-from gpt2core import GPT2, backend, get_config, native
-from gpt2core.model import Linear
+from gpt2core import GPT2, get_config
+from gpt2core.kernels import backend, native
+from gpt2core.reference.model import Linear
 from tests.conftest import perturbed
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no native library: {native.error()}")

@@ -11,7 +11,7 @@ from explorer.figures.beam import STATUS_STYLE, beam_tree_figure, compare_html, 
 from explorer.session import BUNDLED_DIR
 from explorer.tabs.generate_tab import BEAM_EXAMPLES, MAX_BEAM_TOKENS, MAX_BEAM_WIDTH, beam_prompt
 from gpt2core import decode, generate
-from gpt2core.beam import beam_search
+from gpt2core.decoding.beam import beam_search
 from tests.conftest import plot_json
 from tests.reliability_util import message_problem, visible_text
 

@@ -7,7 +7,7 @@ import torch
 
 from explorer.session import BUNDLED_DIR, build_registry
 from gpt2core import load
-from gpt2core.modelcard import copying_report, heldout_loss
+from gpt2core.training.modelcard import copying_report, heldout_loss
 
 
 @pytest.fixture(scope="module")

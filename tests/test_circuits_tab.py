@@ -11,7 +11,8 @@ from explorer.figures.circuits import (head_score_heatmap, patch_head_heatmap, p
                                        repeat_loss_line)
 from explorer.inputs import InputError
 from explorer.tabs.circuits_tab import PATCH_EXAMPLES
-from gpt2core import GPT2, circuits, get_config
+from gpt2core import GPT2, get_config
+from gpt2core.analysis import circuits
 from tests.conftest import plot_json
 
 CLEAN, CORRUPT, ANSWER, WRONG = PATCH_EXAMPLES[0]

@@ -1,18 +1,19 @@
-"""gpt2core.classify and gpt2core.classify_data: scene parsing and the split, the last-token head, HF parity."""
+"""gpt2core.training.classify and gpt2core.training.classify_data: scene parsing and the split, the last-token head, HF parity."""
 import json
 
 import pytest
 import torch
 
-from gpt2core import GPT2, get_config, tokenizer
-from gpt2core.classify import (HEAD_FILE, ClassifierTrainer, Example, GPT2Classifier, attach_head,
+from gpt2core import GPT2, get_config
+from gpt2core.text import tokenizer
+from gpt2core.training.classify import (HEAD_FILE, ClassifierTrainer, Example, GPT2Classifier, attach_head,
                                body_fingerprint, collate, encode_records, features, load_classifier, main,
                                majority_baseline, metrics, read_head, read_records, save_classifier, save_head)
-from gpt2core.classify_data import (balance, balanced_sample, parse_scenes, play_records, read_plays,
+from gpt2core.training.classify_data import (balance, balanced_sample, parse_scenes, play_records, read_plays,
                                     speeches, split_by_scene)
-from gpt2core.classify_data import main as data_main
-from gpt2core.train import TrainSettings
-from gpt2core.weights import WeightsError
+from gpt2core.training.classify_data import main as data_main
+from gpt2core.training.train import TrainSettings
+from gpt2core.reference.weights import WeightsError
 
 # Two tiny plays in the Gutenberg texts' styles: headings "ACT I." / "SCENE 1." / "Scene II.--",
 # "ACT FIRST", "ACT II. SCENE I.", a prologue, speakers as "Ber." or in capitals with no blank line.
@@ -225,7 +226,7 @@ def test_modes_set_what_trains():
 
 def test_logits_equal_hf_last_hidden_state_and_the_head(hf_tiny_dir):
     transformers = pytest.importorskip("transformers")
-    from gpt2core.weights import load_hf
+    from gpt2core.reference.weights import load_hf
     hf = transformers.GPT2LMHeadModel.from_pretrained(hf_tiny_dir, attn_implementation="eager").eval()
     torch.manual_seed(1)
     clf = GPT2Classifier(load_hf(hf_tiny_dir), ["comedy", "history", "tragedy"]).eval()
@@ -298,7 +299,7 @@ def test_cli_reports_accuracy_beside_the_baseline(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"held-out accuracy {log['eval'][-1]['accuracy']:.1%} vs majority-class baseline 50.0%" in err
     card = (out / "README.md").read_text()
-    assert f"**{log['eval'][-1]['accuracy']:.1%}**" in card and "python -m gpt2core.classify --data" in card
+    assert f"**{log['eval'][-1]['accuracy']:.1%}**" in card and "python -m gpt2core.training.classify --data" in card
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a", "label": "x"}\n{"text": 3}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: expected"):
@@ -316,7 +317,7 @@ def test_features_are_the_hidden_states():
 
 @pytest.mark.slow
 def test_two_torchrun_processes_equal_one_process(tmp_path):
-    """As gpt2core.train: global batch 4 = 2 examples x 2 gloo processes makes the same updates as one process
+    """As gpt2core.training.train: global batch 4 = 2 examples x 2 gloo processes makes the same updates as one process
     with batch 4 (the last block and the head train, so the gradients go through DDP)."""
     import os
     import subprocess
@@ -332,7 +333,7 @@ def test_two_torchrun_processes_equal_one_process(tmp_path):
     assert main([*common, "--out", str(tmp_path / "one"), "--batch-size", "4"]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "gpt2core.classify", *common, "--out", str(tmp_path / "two"),
+           "--master_port", str(free_port()), "-m", "gpt2core.training.classify", *common, "--out", str(tmp_path / "two"),
            "--batch-size", "2"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from explorer.compute import classify, training
 from explorer.figures.classify import class_probabilities, last_token_attention, training_curve
 from explorer.inputs import InputError
-from gpt2core import load, tokenizer
-from gpt2core.classify import body_fingerprint, read_head, read_records
-from gpt2core.hooks import capture
+from gpt2core import load
+from gpt2core.text import tokenizer
+from gpt2core.training.classify import body_fingerprint, read_head, read_records
+from gpt2core.reference.hooks import capture
 from tests.conftest import plot_json
 
 # ---- the bundled files ----------------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""gpt2core.beam against Hugging Face transformers' beam search on the same tiny random weights, and the
+"""gpt2core.decoding.beam against Hugging Face transformers' beam search on the same tiny random weights, and the
 search tree it returns (parents, log-probs, kept / finished / winner) against the model run without a cache."""
 import pytest
 import torch
 
 from gpt2core import EOT_ID, generate, load_hf
-from gpt2core.beam import beam_search
+from gpt2core.decoding.beam import beam_search
 
 transformers = pytest.importorskip("transformers")
 

@@ -1,4 +1,4 @@
-"""gpt2core.hooks and GPT2.run_with_cache: names, shapes, filters, values, cleanup, threads."""
+"""gpt2core.reference.hooks and GPT2.run_with_cache: names, shapes, filters, values, cleanup, threads."""
 import fnmatch
 import threading
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt2core import GPT2, get_config, hooks
-from gpt2core.hooks import capture
+from gpt2core import GPT2, get_config
+from gpt2core.reference import hooks
+from gpt2core.reference.hooks import capture
 
 LN_HOOKS = ["hook_in_mean", "hook_in_var", "hook_normalized", "hook_out_mean", "hook_out_var"]
 ATTN_HOOKS = ["hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"]

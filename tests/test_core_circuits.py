@@ -1,13 +1,14 @@
-"""gpt2core.circuits: the induction measure, the head detector on hand-built patterns, activation patching
+"""gpt2core.analysis.circuits: the induction measure, the head detector on hand-built patterns, activation patching
 (exact at its ends, batched = one at a time, HF parity with its modules edited the same way)."""
 import math
 
 import pytest
 import torch
 
-from gpt2core import GPT2, GPT2Config, circuits
-from gpt2core.circuits import Patch, PatchingError
-from gpt2core.data import repeated_windows
+from gpt2core import GPT2, GPT2Config
+from gpt2core.analysis import circuits
+from gpt2core.analysis.circuits import Patch, PatchingError
+from gpt2core.training.data import repeated_windows
 
 from conftest import perturbed
 
@@ -84,7 +85,7 @@ def test_repeated_windows_repeat_a_span_and_mask_the_unpredictable_targets():
 
 
 def test_a_training_step_with_repeats_counts_only_the_targets_that_carry_loss():
-    from gpt2core.train import Trainer, TrainSettings
+    from gpt2core.training.train import Trainer, TrainSettings
     torch.manual_seed(0)
     m = GPT2(GPT2Config(vocab_size=50257, n_ctx=32, n_embd=16, n_layer=1, n_head=2))
     s = TrainSettings(steps=2, batch_size=4, warmup_steps=1, repeat_fraction=1.0, repeat_random_share=1.0)
@@ -224,7 +225,7 @@ def test_patched_logits_match_hf_with_its_modules_edited_the_same_way(tmp_path):
     """An HF GPT-2 with an odd hidden size (15 = 3 heads of 5): forward hooks on its blocks, attention, MLP
     and c_proj copy the clean run's tensors in; our patches must give the same logits."""
     transformers = pytest.importorskip("transformers")
-    from gpt2core.weights import load
+    from gpt2core.reference.weights import load
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=50257, n_positions=32, n_embd=15, n_layer=2, n_head=3,
                                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)

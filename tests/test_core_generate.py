@@ -1,11 +1,11 @@
-"""gpt2core.generate and the KV cache: cache vs no cache, the context window, EOT, the stream."""
+"""gpt2core.decoding.generate and the KV cache: cache vs no cache, the context window, EOT, the stream."""
 import copy
 
 import pytest
 import torch
 
 from gpt2core import EOT_ID, GPT2, KVCache, generate, get_config, stream
-from gpt2core.tokenizer import token_bytes
+from gpt2core.text.tokenizer import token_bytes
 
 
 
@@ -321,8 +321,8 @@ def test_greedy_steps_report_what_the_filtered_distribution_gives():
     import torch
 
     from gpt2core import GPT2, get_config
-    from gpt2core.generate import stream
-    from gpt2core.sampling import draw, filter_logits
+    from gpt2core.decoding.generate import stream
+    from gpt2core.decoding.sampling import draw, filter_logits
 
     torch.manual_seed(0)
     model = GPT2(get_config("tiny")).eval()

@@ -1,10 +1,10 @@
-"""gpt2core.lens: the logit lens, the logit attribution and ablations, checked against the model itself
+"""gpt2core.analysis.lens: the logit lens, the logit attribution and ablations, checked against the model itself
 and against Hugging Face transformers on the same weights."""
 import pytest
 import torch
 
 from gpt2core import encode, load, load_hf
-from gpt2core.lens import (AblationError, ablation_hooks, attribute, lens_positions, lens_stages, logit_lens,
+from gpt2core.analysis.lens import (AblationError, ablation_hooks, attribute, lens_positions, lens_stages, logit_lens,
                            parse_heads, parse_layers, run_ablated, scan_heads, unembed)
 from explorer.session import BUNDLED_DIR
 
@@ -174,7 +174,7 @@ def test_windowed_lens_at_block_boundaries_matches_hf_hidden_states(hf_tiny_dir,
 def test_lens_in_small_chunks_is_the_same_lens(tiny, ids, window, monkeypatch):
     """Rows unembedded a few at a time, and read a few at a time (the last stage then spans several chunks,
     made before any stage is ranked on it), give the same lens."""
-    import gpt2core.lens as lens_module
+    import gpt2core.analysis.lens as lens_module
     track = [198]
     one_go = logit_lens(tiny, ids, k=3, track=track, positions=window)
     monkeypatch.setattr(lens_module, "LENS_ROWS", 8)

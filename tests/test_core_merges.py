@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from gpt2core import merges, tokenizer
+from gpt2core.text import merges, tokenizer
 
 # Pieces the random strings are built from: several scripts, emoji with zero-width joiners and
 # skin-tone / variation selectors, code, whitespace runs, digits, and Shakespeare-like text.

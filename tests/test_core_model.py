@@ -1,4 +1,4 @@
-"""gpt2core.config and gpt2core.model: parameter counts, building blocks, configs, variants.
+"""gpt2core.reference.config and gpt2core.reference.model: parameter counts, building blocks, configs, variants.
 
 Every expected value comes from an independent source: the published GPT-2 sizes, a parameter
 formula written from the architecture, torch.nn.functional, or a naive reference forward pass.
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2core import GPT2, GPT2Config, PRESETS, get_config
-from gpt2core.model import LayerNorm, gelu
+from gpt2core.reference.model import LayerNorm, gelu
 
 # Published sizes of OpenAI's GPT-2 checkpoints (tied head, biases on q/k/v).
 PUBLISHED = {

@@ -1,12 +1,13 @@
-"""gpt2core.precision: one prompt in each precision against fp32, and the error report of the --dtype mode."""
+"""gpt2core.analysis.precision: one prompt in each precision against fp32, and the error report of the --dtype mode."""
 import contextlib
 
 import numpy as np
 import pytest
 import torch
 
-from gpt2core import GPT2, backend, get_config
-from gpt2core import precision as P
+from gpt2core import GPT2, get_config
+from gpt2core.kernels import backend
+from gpt2core.analysis import precision as P
 
 IDS = [464, 3290, 286, 262, 1499, 318, 11, 290, 340, 373, 257, 922, 1110, 13]
 
@@ -76,7 +77,7 @@ def test_deltas_are_the_direct_computation(model):
 def test_int8_is_pytorchs_dynamic_quantisation(model):
     """The int8 run against the same model with every Linear replaced by quantize_dynamic of an nn.Linear
     holding its weight (run in fp32: the quantised modules are the only change)."""
-    from gpt2core.model import Linear
+    from gpt2core.reference.model import Linear
 
     row = {r.precision: r for r in P.compare(model, IDS)}["int8"]
     quantised = {}

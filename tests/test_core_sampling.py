@@ -1,4 +1,4 @@
-"""gpt2core.sampling: top-k, top-p, temperature, seeds, distribution() stages, settings checks.
+"""gpt2core.decoding.sampling: top-k, top-p, temperature, seeds, distribution() stages, settings checks.
 
 Expected sets and probabilities are computed independently (float64, plain Python sorting).
 """
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gpt2core.sampling import (GREEDY_TEMPERATURE, SamplingSettings, check_settings, distribution, entropy,
+from gpt2core.decoding.sampling import (GREEDY_TEMPERATURE, SamplingSettings, check_settings, distribution, entropy,
                                filter_logits, sample, top_k_mask, top_p_mask)
 
 
@@ -291,7 +291,7 @@ def test_valid_edge_settings():
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 7, 50])
 def test_top_k_mask_equals_a_stable_sort_with_ties(k):
     """The first k of a stable descending sort: ties at the k-th value are kept in index order."""
-    from gpt2core.sampling import top_k_mask
+    from gpt2core.decoding.sampling import top_k_mask
     g = torch.Generator().manual_seed(k)
     logits = torch.randint(-3, 4, (4, 200), generator=g).float()      # many ties
     logits[0, :10] = float("-inf")

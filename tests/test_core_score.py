@@ -1,11 +1,11 @@
-"""gpt2core.score: per-token log-probabilities against HF transformers' log_softmax, ranks, windows."""
+"""gpt2core.analysis.score: per-token log-probabilities against HF transformers' log_softmax, ranks, windows."""
 import math
 
 import pytest
 import torch
 
 from gpt2core import load_hf
-from gpt2core.score import score_tokens, windows
+from gpt2core.analysis.score import score_tokens, windows
 
 transformers = pytest.importorskip("transformers")
 

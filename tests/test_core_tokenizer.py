@@ -1,4 +1,4 @@
-"""gpt2core.tokenizer: ids, round-trips, the special token, breakdown spans, file hashes.
+"""gpt2core.text.tokenizer: ids, round-trips, the special token, breakdown spans, file hashes.
 
 The reference tokenizer is Hugging Face's GPT2Tokenizer (the Rust `tokenizers` BPE), built from
 the same vocab files: an independent implementation of GPT-2's byte-level BPE.
@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from gpt2core import tokenizer as tok
-from gpt2core.tokenizer import EOT, EOT_ID, breakdown, decode, encode
+from gpt2core.text import tokenizer as tok
+from gpt2core.text.tokenizer import EOT, EOT_ID, breakdown, decode, encode
 
 TEXTS = [
     "Hello, world!",

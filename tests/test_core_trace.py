@@ -1,4 +1,4 @@
-"""gpt2core.trace: the steps of one forward pass, read off one capture, checked against the model."""
+"""gpt2core.analysis.trace: the steps of one forward pass, read off one capture, checked against the model."""
 import math
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2core import GPT2, encode, get_config, save
-from gpt2core.trace import Step, format_log, trace
+from gpt2core.analysis.trace import Step, format_log, trace
 from tests.conftest import ROOT
 
 TEXT = "The cat sat on the mat because the cat was tired."
@@ -140,7 +140,7 @@ def test_log_lists_every_step_with_its_shape(tiny, ids):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "gpt2core.trace", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "gpt2core.analysis.trace", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
 

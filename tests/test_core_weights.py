@@ -1,4 +1,4 @@
-"""gpt2core.weights: our format round-trips, HF folders, clear errors, no pickle, offline Hub."""
+"""gpt2core.reference.weights: our format round-trips, HF folders, clear errors, no pickle, offline Hub."""
 import json
 import os
 import pickle
@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from gpt2core import GPT2, WeightsError, get_config, load, load_hf, save
-from gpt2core.weights import download_hf, load_from_hub
+from gpt2core.reference.weights import download_hf, load_from_hub
 
 
 

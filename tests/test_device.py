@@ -44,7 +44,7 @@ def device_problems(source: str, filename: str = "<source>") -> list[str]:
         elif (func.attr in FACTORIES and isinstance(func.value, ast.Name) and func.value.id == "torch"
               and not any(k.arg == "device" for k in node.keywords)):
             problems.append(f"{filename}:{node.lineno}: torch.{func.attr}(...) without device= "
-                            "(gpt2core.devices.ids_on for a model's ids; device='cpu' when meant)")
+                            "(gpt2core.reference.devices.ids_on for a model's ids; device='cpu' when meant)")
     return problems
 
 
@@ -76,7 +76,7 @@ def endpoints(model) -> dict[str, object]:
     from explorer.compute import attention, compare, embeddings, gelu, layernorm, sampling_view, score, walkthrough, why
     from explorer.compute.generation import generate_tokens
     from explorer.inputs import prepare_prompt
-    from gpt2core.generate import generate, next_token_distribution
+    from gpt2core.decoding.generate import generate, next_token_distribution
 
     prompt = prepare_prompt(TEXT)
     ids = prompt.ids

@@ -1,4 +1,4 @@
-"""gpt2core.finetune and gpt2core.instruct_data: the Alpaca template, the loss mask, exact match, the data."""
+"""gpt2core.training.finetune and gpt2core.training.instruct_data: the Alpaca template, the loss mask, exact match, the data."""
 import json
 import re
 
@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt2core import GPT2, get_config, tokenizer
-from gpt2core.finetune import (FineTuner, answer, collate, encode_example, exact_match, format_prompt, main,
+from gpt2core import GPT2, get_config
+from gpt2core.text import tokenizer
+from gpt2core.training.finetune import (FineTuner, answer, collate, encode_example, exact_match, format_prompt, main,
                                masked_loss, read_jsonl)
-from gpt2core.instruct_data import TASKS, make_split, write_jsonl
-from gpt2core.train import IGNORE_INDEX, SummedLoss, TrainSettings
+from gpt2core.training.instruct_data import TASKS, make_split, write_jsonl
+from gpt2core.training.train import IGNORE_INDEX, SummedLoss, TrainSettings
 
 REC = {"instruction": "Add the two numbers.", "input": "2 + 3", "output": "5"}
 REC_NO_INPUT = {"instruction": "Name a colour.", "input": "", "output": "Deep red"}
@@ -156,5 +157,5 @@ def test_finetune_cli_reports_exact_match_before_and_after(tmp_path):
                                   "records": 2}
     assert doc["data"]["train_records"] == 60 and doc["run"]["effective_batch"] == 2
     card = (out / "README.md").read_text()
-    assert f"{log['eval'][0]['exact_match']:.1%} before" in card and "python -m gpt2core.finetune --data" in card
+    assert f"{log['eval'][0]['exact_match']:.1%} before" in card and "python -m gpt2core.training.finetune --data" in card
     assert (out / "loss.png").stat().st_size > 5_000

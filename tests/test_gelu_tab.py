@@ -52,7 +52,7 @@ def test_gelu_curve_values():
     # Autograd slope against central finite differences of the curve itself.
     h = 1e-5
     x = torch.tensor(c.x, dtype=torch.float64)
-    from gpt2core.model import gelu
+    from gpt2core.reference.model import gelu
     fd = ((gelu(x + h) - gelu(x - h)) / (2 * h)).numpy()
     np.testing.assert_allclose(c.gelu_grad, fd, atol=1e-7)
     np.testing.assert_array_equal(c.relu, np.maximum(c.x, 0))

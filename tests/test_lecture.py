@@ -77,7 +77,8 @@ def logits_of(model, ids=(464, 3797, 3332, 319)) -> torch.Tensor:
 
 def test_gpt2_in_the_cache_loads_with_the_network_blocked(hf_cache, network_guard, hf_tiny_dir):
     from explorer.session import HUB_NAME, build_registry
-    from gpt2core import load_hf, weights
+    from gpt2core import load_hf
+    from gpt2core.reference import weights
 
     assert weights.cached_hf(REPO) is None
     empty = build_registry("gpt2")                 # not cached, offline: the old clean error stays
@@ -115,7 +116,7 @@ def test_the_model_menu_says_whether_gpt2_is_cached(hf_cache, network_guard, hf_
 
 
 def test_download_hf_answers_from_the_cache_first(hf_cache, network_guard, hf_tiny_dir):
-    from gpt2core.weights import download_hf
+    from gpt2core.reference.weights import download_hf
 
     snapshot = place_in_hf_cache(hf_tiny_dir, hf_cache)
     calls = []
@@ -151,7 +152,7 @@ class FakeHub:
 def fake_hub(monkeypatch, hf_cache, hf_tiny_dir):
     import huggingface_hub
 
-    from gpt2core import weights
+    from gpt2core.reference import weights
 
     fake = FakeHub(hf_tiny_dir, hf_cache)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
@@ -163,7 +164,7 @@ def test_download_reports_bytes_then_loads_from_the_cache(fake_hub, network_guar
     import app
 
     calls = []
-    from gpt2core.weights import download_hf
+    from gpt2core.reference.weights import download_hf
     folder = download_hf(REPO, progress=lambda f, m: calls.append((round(f, 4), m)))
     assert fake_hub.calls == list(FILES) and (folder / "model.safetensors").is_file()
     fractions = [f for f, _ in calls]
@@ -181,7 +182,7 @@ def test_download_reports_bytes_then_loads_from_the_cache(fake_hub, network_guar
 def test_cli_download_fetches_into_the_cache(fake_hub, network_guard, capsys):
     import app
 
-    from gpt2core import weights
+    from gpt2core.reference import weights
 
     assert app.download("gpt2") == 0
     out = capsys.readouterr().out

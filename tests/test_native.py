@@ -1,11 +1,12 @@
-"""gpt2core.native: the C decode step against the PyTorch model it accelerates."""
+"""gpt2core.kernels.native: the C decode step against the PyTorch model it accelerates."""
 import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from gpt2core import GPT2, KVCache, capture, generate, get_config, native, stream
+from gpt2core import GPT2, KVCache, capture, generate, get_config, stream
+from gpt2core.kernels import native
 from tests.conftest import perturbed
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no native library: {native.error()}")
@@ -246,7 +247,7 @@ def test_retain_freed_memory_is_accepted_by_glibc():
 
 
 def test_gelu_matches_the_formula():
-    from gpt2core.model import gelu
+    from gpt2core.reference.model import gelu
     g = torch.Generator().manual_seed(5)
     x = torch.cat([torch.randn(10_001, generator=g) * 4, torch.linspace(-30, 30, 999),
                    torch.tensor([0.0, 1e-8, -1e-8, 100.0, -100.0, 1e30, -1e30])])
@@ -315,7 +316,7 @@ def test_the_portable_build_without_avx2(monkeypatch, tmp_path):
     assert native.library() is not None, native.error()
     g = torch.Generator().manual_seed(9)
     x = torch.randn(2, 7, 36, generator=g)
-    from gpt2core.model import gelu
+    from gpt2core.reference.model import gelu
     torch.testing.assert_close(native.gelu(x * 4), gelu((x * 4).double()).float(), rtol=1e-5, atol=1e-6)
     qkv = torch.randn(2, 9, 3 * 64, generator=g)
     z, scores, pattern = native.attention(qkv, 1, scores=True, pattern=True)

@@ -12,8 +12,8 @@ from explorer.compute.precision import (PrecisionView, megabytes, precision_view
 from explorer.figures.precision import cost_bars, error_bars, position_errors, top_tokens_bars
 from explorer.inputs import MAX_VIEW_TOKENS, prepare_prompt
 from explorer.tabs.precision_tab import EXAMPLES
-from gpt2core import backend
-from gpt2core import precision as core
+from gpt2core.kernels import backend
+from gpt2core.analysis import precision as core
 from tests.conftest import ROOT, plot_json
 
 PROMPT = EXAMPLES[0]

@@ -20,7 +20,7 @@ import torch
 from explorer.inputs import prepare_prompt
 from explorer.session import build_registry
 from gpt2core import GPT2, WeightsError, get_config, load, save
-from gpt2core.weights import CONFIG_FILE, WEIGHTS_FILE
+from gpt2core.reference.weights import CONFIG_FILE, WEIGHTS_FILE
 
 
 class MakesMarker:

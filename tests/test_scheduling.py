@@ -8,7 +8,7 @@ import gradio as gr
 import pytest
 
 from explorer import memory, scheduling
-from gpt2core import native
+from gpt2core.kernels import native
 
 
 def test_step_aside_waits_while_the_views_fill_their_slots_and_no_longer():

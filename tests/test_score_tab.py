@@ -12,8 +12,9 @@ from explorer.compute.score import (BUCKET_NAMES, RANK_EDGES, bucket_counts, buc
 from explorer.figures.score import (BUCKET_COLORS, UNSCORED, rank_histogram_bars, scored_text_html,
                                     surprisal_color, surprisal_line)
 from explorer.inputs import InputError, Prompt, prepare_prompt
-from gpt2core import EOT_ID, GPT2, get_config, tokenizer
-from gpt2core.score import score_tokens
+from gpt2core import EOT_ID, GPT2, get_config
+from gpt2core.text import tokenizer
+from gpt2core.analysis.score import score_tokens
 from tests.conftest import plot_json
 
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun."

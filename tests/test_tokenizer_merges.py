@@ -6,7 +6,7 @@ import pytest
 from explorer.compute import merges as mc
 from explorer.figures.merges import MERGED, chunks_html, merge_ladder
 from explorer.inputs import InputError
-from gpt2core import merges, tokenizer
+from gpt2core.text import merges, tokenizer
 from tests.conftest import plot_json
 
 TEXT = "ROMEO:\nWherefore art thou, Romeo?"

@@ -8,7 +8,7 @@ from explorer.compute.tokens import (coverage, partial_labels, sliding_windows, 
                                      word_token_counts)
 from explorer.figures.tokens import PALETTE, coverage_lines, token_chips_html, tokens_per_word_bars, window_grid
 from explorer.inputs import Prompt, prepare_prompt
-from gpt2core import tokenizer
+from gpt2core.text import tokenizer
 from tests.conftest import plot_json
 
 MIXED = "Café 😀 ok\n日本"

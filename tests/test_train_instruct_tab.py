@@ -7,9 +7,9 @@ import torch
 from explorer.compute import training
 from explorer.figures.training import answers_html, masked_tokens_html
 from explorer.inputs import InputError
-from gpt2core import tokenizer
-from gpt2core.finetune import collate, encode_example, exact_match, format_prompt
-from gpt2core.train import IGNORE_INDEX
+from gpt2core.text import tokenizer
+from gpt2core.training.finetune import collate, encode_example, exact_match, format_prompt
+from gpt2core.training.train import IGNORE_INDEX
 from tests.conftest import plot_json
 
 

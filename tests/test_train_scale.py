@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from gpt2core import get_config, load
-from gpt2core.data import random_batch
-from gpt2core.train import (LOG_FILE, LOSS_PNG, OPTIM_FILE, SummedLoss, Trainer, TrainSettings, build_model,
+from gpt2core.training.data import random_batch
+from gpt2core.training.train import (LOG_FILE, LOSS_PNG, OPTIM_FILE, SummedLoss, Trainer, TrainSettings, build_model,
                             main, precision_of, resolve_device)
-from gpt2core.weights import WEIGHTS_FILE, save
+from gpt2core.reference.weights import WEIGHTS_FILE, save
 from tests.test_training import fake_ids, nano
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +150,7 @@ TINY = ["--text", str(TEXT), "--n-layer", "1", "--n-embd", "16", "--n-head", "2"
 def torchrun(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "gpt2core.train", *TINY, *args]
+           "--master_port", str(free_port()), "-m", "gpt2core.training.train", *TINY, *args]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr

@@ -10,7 +10,7 @@ from explorer.compute import training
 from explorer.figures.training import loss_curve
 from explorer.inputs import InputError
 from explorer.tabs.train_tab import DEMO_TEXT
-from gpt2core import tokenizer
+from gpt2core.text import tokenizer
 from tests.conftest import plot_json
 
 

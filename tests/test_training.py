@@ -1,12 +1,12 @@
-"""gpt2core.data and gpt2core.train: windows, splits, one step, schedule, decay groups, resume, plot."""
+"""gpt2core.training.data and gpt2core.training.train: windows, splits, one step, schedule, decay groups, resume, plot."""
 import pytest
 import torch
 
 from gpt2core import GPT2, get_config
-from gpt2core.data import SlidingWindowDataset, make_loaders, random_batch, split_ids
-from gpt2core.train import (LOG_FILE, OPTIM_FILE, Trainer, TrainSettings, evaluate, lr_at, make_optimizer,
+from gpt2core.training.data import SlidingWindowDataset, make_loaders, random_batch, split_ids
+from gpt2core.training.train import (LOG_FILE, OPTIM_FILE, Trainer, TrainSettings, evaluate, lr_at, make_optimizer,
                             plot_loss, sample_text)
-from gpt2core.weights import WEIGHTS_FILE
+from gpt2core.reference.weights import WEIGHTS_FILE
 
 
 
@@ -214,8 +214,8 @@ def test_plot_loss_writes_a_png(tmp_path):
 
 
 def test_reset_unseen_embeddings_redraws_only_the_ids_the_text_lacks():
-    from gpt2core.tokenizer import EOT_ID
-    from gpt2core.train import reset_unseen_embeddings
+    from gpt2core.text.tokenizer import EOT_ID
+    from gpt2core.training.train import reset_unseen_embeddings
     model = nano()
     before = model.wte.weight.detach().clone()                          # (V, d)
     ids = torch.tensor([5, 7, 7, 900, EOT_ID, 5])
@@ -235,7 +235,7 @@ def test_reset_unseen_embeddings_redraws_only_the_ids_the_text_lacks():
 
 
 def test_spread_embeddings_adds_seeded_noise_of_the_given_size_to_every_row():
-    from gpt2core.train import spread_embeddings
+    from gpt2core.training.train import spread_embeddings
     model = nano()
     before = model.wte.weight.detach().clone()                          # (V, d)
     spread_embeddings(model, 0.01)
@@ -266,7 +266,7 @@ def test_embedding_lr_scale_zero_freezes_the_token_embedding_and_trains_the_rest
 
 
 def test_the_model_card_says_when_the_embedding_learned_at_another_rate():
-    from gpt2core.modelcard import embedding_lr_note
+    from gpt2core.training.modelcard import embedding_lr_note
     assert embedding_lr_note({}) == "" and embedding_lr_note({"embedding_lr_scale": 1.0}) == ""
     assert embedding_lr_note({"embedding_lr_scale": 0.0}) == " (the token embedding frozen)"
     assert "0.1 times" in embedding_lr_note({"embedding_lr_scale": 0.1})

@@ -11,7 +11,7 @@ from explorer.figures.walkthrough import (MASK_GREY, head_rows, key_rows, logit_
                                           top_tokens, vector_strip)
 from explorer.inputs import prepare_prompt
 from gpt2core import GPT2, get_config
-from gpt2core.trace import format_log
+from gpt2core.analysis.trace import format_log
 from tests.conftest import plot_json
 
 TEXT = "To be, or not to be, that is the question:"

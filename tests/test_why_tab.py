@@ -11,7 +11,7 @@ from explorer.figures.why import before_after_bars, head_heatmap, layer_bars, le
 from explorer.inputs import InputError, check_position, prepare_prompt
 from explorer.tabs.why_tab import EXAMPLES, EXPLANATION
 from gpt2core import GPT2, encode, get_config
-from gpt2core.lens import attribute, logit_lens, run_ablated
+from gpt2core.analysis.lens import attribute, logit_lens, run_ablated
 from tests.conftest import plot_json
 
 TEXT = "Tomorrow, and tomorrow, and tomorrow, creeps in this petty pace. Tomorrow, and tomorrow, and"

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import torch
 
 from gpt2core import GPT2, decode, generate
-from gpt2core.beam import BeamSearch, Hypothesis, beam_search
-from gpt2core.tokenizer import EOT_ID, printable, token_bytes
+from gpt2core.decoding.beam import BeamSearch, Hypothesis, beam_search
+from gpt2core.text.tokenizer import EOT_ID, printable, token_bytes
 
 # What a node of the tree is, for its colour and its hover text.
 WINNER, KEPT, FINISHED, RANKED, UNRANKED = "best path", "kept", "finished", "ranked, not kept", "not ranked"

@@ -1,6 +1,6 @@
 """What the Circuits tab shows: the head detector's scores, one head's pattern, the loss on a repeated random
 sequence, and an activation-patching sweep between two prompts, as small arrays and sentences. The numbers
-come from gpt2core.circuits; this module checks the input, picks the sequence and names the tokens."""
+come from gpt2core.analysis.circuits; this module checks the input, picks the sequence and names the tokens."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gpt2core import GPT2, circuits, tokenizer
+from gpt2core import GPT2
+from gpt2core.analysis import circuits
+from gpt2core.text import tokenizer
 
 from . import to_numpy
 from .why import parse_token, quoted, token_text

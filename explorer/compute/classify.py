@@ -16,19 +16,19 @@ import numpy as np
 import torch
 
 from gpt2core import GPT2, load
-from gpt2core.classify import (ClassifierTrainer, GPT2Classifier, attach_head, body_fingerprint, encode_records,
+from gpt2core.training.classify import (ClassifierTrainer, GPT2Classifier, attach_head, body_fingerprint, encode_records,
                                features, majority_baseline, metrics, read_records)
-from gpt2core.devices import ids_on
-from gpt2core.hooks import capture
-from gpt2core.train import TrainSettings
-from gpt2core.weights import WEIGHTS_FILE, WeightsError
+from gpt2core.reference.devices import ids_on
+from gpt2core.reference.hooks import capture
+from gpt2core.training.train import TrainSettings
+from gpt2core.reference.weights import WEIGHTS_FILE, WeightsError
 
 from ..inputs import InputError, check_number, prepare_prompt
 from ..session import BUNDLED_DIR, random_model
 from . import to_numpy
 
-LINES_FILE = BUNDLED_DIR / "genre_lines.jsonl"      # made by python -m gpt2core.classify_data (--small)
-HEAD_FILE = BUNDLED_DIR / "genre_head.safetensors"  # trained by python -m gpt2core.classify (the card says how)
+LINES_FILE = BUNDLED_DIR / "genre_lines.jsonl"      # made by python -m gpt2core.training.classify_data (--small)
+HEAD_FILE = BUNDLED_DIR / "genre_head.safetensors"  # trained by python -m gpt2core.training.classify (the card says how)
 MIN_STEPS, MAX_STEPS = 10, 500
 TIME_LIMIT = 30.0            # seconds of training per run
 EVAL_POINTS = 10             # held-out evaluations per run besides step 0
@@ -139,7 +139,7 @@ def head_state(trainer: ClassifierTrainer, start: str) -> dict:
 
 
 def heldout_metrics(state: dict | None) -> dict:
-    """Accuracy and the rest (gpt2core.classify.metrics) of a head on the bundled held-out lines."""
+    """Accuracy and the rest (gpt2core.training.classify.metrics) of a head on the bundled held-out lines."""
     clf = classifier(state)
     _, _, held, _ = data()
     with torch.no_grad():

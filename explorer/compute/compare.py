@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from gpt2core import GPT2
-from gpt2core.tokenizer import TokenInfo, breakdown, printable, token_bytes
+from gpt2core.text.tokenizer import TokenInfo, breakdown, printable, token_bytes
 
 from . import device_of, to_numpy
 from ..inputs import InputError, Prompt, check_number

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gpt2core import GPT2, tokenizer
-from gpt2core.trace import token_text
+from gpt2core import GPT2
+from gpt2core.text import tokenizer
+from gpt2core.analysis.trace import token_text
 
 from . import to_numpy
 from ..inputs import InputError

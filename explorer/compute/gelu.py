@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2core import GPT2
-from gpt2core.model import gelu
+from gpt2core.reference.model import gelu
 
 from . import to_numpy
 

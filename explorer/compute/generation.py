@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from gpt2core import GPT2, stream
-from gpt2core.tokenizer import printable, token_bytes
+from gpt2core.text.tokenizer import printable, token_bytes
 
 
 @dataclass

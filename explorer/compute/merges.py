@@ -1,14 +1,14 @@
 """What the Tokenizer tab's BPE section shows: the prompt's chunks, one chunk's bytes, and its merges.
 
-Plain python: no gradio, no plotly. The merging itself is gpt2core.merges.
+Plain python: no gradio, no plotly. The merging itself is gpt2core.text.merges.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpt2core import merges
-from gpt2core.merges import Chunk, MergeTrace
-from gpt2core.tokenizer import printable
+from gpt2core.text import merges
+from gpt2core.text.merges import Chunk, MergeTrace
+from gpt2core.text.tokenizer import printable
 
 from ..inputs import InputError
 

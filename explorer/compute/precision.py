@@ -1,6 +1,6 @@
 """What the Precision tab shows: one prompt in fp32, bf16, fp16 and int8, side by side.
 
-Plain python / numpy: no gradio, no plotly. The runs themselves are gpt2core.precision.compare; this
+Plain python / numpy: no gradio, no plotly. The runs themselves are gpt2core.analysis.precision.compare; this
 module names the tokens as text and writes the summary. ``status_markdown`` is the app's status line
 when it serves in a lower precision (``python app.py --dtype bf16``).
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpt2core import precision as core
-from gpt2core.tokenizer import printable, token_bytes
+from gpt2core.analysis import precision as core
+from gpt2core.text.tokenizer import printable, token_bytes
 
 from ..inputs import Prompt
 

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from gpt2core import GPT2
-from gpt2core import sampling
-from gpt2core.tokenizer import printable, token_bytes
+from gpt2core.decoding import sampling
+from gpt2core.text.tokenizer import printable, token_bytes
 
 from . import ids_on, to_numpy
 

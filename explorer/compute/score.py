@@ -1,6 +1,6 @@
 """What the Score tab shows: each token's rank and surprisal under the model, and a summary.
 
-Plain python / numpy: no gradio, no plotly. The scoring itself is gpt2core.score.
+Plain python / numpy: no gradio, no plotly. The scoring itself is gpt2core.analysis.score.
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpt2core import GPT2
-from gpt2core.score import TokenScores, score_tokens
-from gpt2core.tokenizer import EOT, EOT_ID, printable, token_bytes
+from gpt2core.analysis.score import TokenScores, score_tokens
+from gpt2core.text.tokenizer import EOT, EOT_ID, printable, token_bytes
 
 from ..inputs import InputError, Prompt
 

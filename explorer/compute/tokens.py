@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpt2core import tokenizer
-from gpt2core.data import SlidingWindowDataset
-from gpt2core.tokenizer import TokenInfo
+from gpt2core.text import tokenizer
+from gpt2core.training.data import SlidingWindowDataset
+from gpt2core.text.tokenizer import TokenInfo
 
 from ..inputs import MAX_PROMPT_TOKENS, Prompt
 
@@ -23,7 +23,7 @@ WORD = re.compile(r"\w+(?:['’]\w+)*")   # runs of letters and digits, "it's" c
 @dataclass
 class TokenView:
     text: str                  # the text the tokens cover exactly
-    infos: list[TokenInfo]     # gpt2core.tokenizer.breakdown of that text
+    infos: list[TokenInfo]     # gpt2core.text.tokenizer.breakdown of that text
     notices: list[str]
 
 
@@ -194,7 +194,7 @@ class Windows:
 
 
 def sliding_windows(ids: list[int], context_length: int, stride: int, limit: int = MAX_WINDOWS) -> Windows:
-    """The (input, target) pairs training cuts from ``ids``, via gpt2core.data.SlidingWindowDataset."""
+    """The (input, target) pairs training cuts from ``ids``, via gpt2core.training.data.SlidingWindowDataset."""
     ds = SlidingWindowDataset(ids, context_length, stride)
     shown = min(len(ds), limit)
     inputs, targets = [], []

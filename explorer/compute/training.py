@@ -14,11 +14,12 @@ from typing import Callable, Iterator
 
 import torch
 
-from gpt2core import GPT2, get_config, tokenizer
-from gpt2core.finetune import FineTuner, collate, encode_example
-from gpt2core.instruct_data import make_split
-from gpt2core.train import IGNORE_INDEX, Trainer, TrainSettings, build_model
-from gpt2core.weights import WEIGHTS_FILE
+from gpt2core import GPT2, get_config
+from gpt2core.text import tokenizer
+from gpt2core.training.finetune import FineTuner, collate, encode_example
+from gpt2core.training.instruct_data import make_split
+from gpt2core.training.train import IGNORE_INDEX, Trainer, TrainSettings, build_model
+from gpt2core.reference.weights import WEIGHTS_FILE
 
 from ..inputs import InputError
 from ..session import BUNDLED_DIR

@@ -1,4 +1,4 @@
-"""What the Walkthrough tab shows: one token's path through the forward pass, from gpt2core.trace.
+"""What the Walkthrough tab shows: one token's path through the forward pass, from gpt2core.analysis.trace.
 
 Arrays and text only (numpy, markdown), no plotting. The figures module draws each step's picture.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2core import GPT2
-from gpt2core.trace import Step, Trace, format_log, token_text, trace
+from gpt2core.analysis.trace import Step, Trace, format_log, token_text, trace
 
 from . import to_numpy
 

@@ -1,5 +1,5 @@
 """What the "Why this token?" tab shows: the logit lens, the logit attribution and ablations, as small arrays
-and sentences. The numbers come from gpt2core.lens; this module picks positions and tokens and names them."""
+and sentences. The numbers come from gpt2core.analysis.lens; this module picks positions and tokens and names them."""
 from __future__ import annotations
 
 import re
@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gpt2core import GPT2, lens, tokenizer
+from gpt2core import GPT2
+from gpt2core.analysis import lens
+from gpt2core.text import tokenizer
 
 from . import ids_on, to_numpy
 from ..inputs import InputError

@@ -6,7 +6,7 @@ import html
 import numpy as np
 import plotly.graph_objects as go
 
-from gpt2core.tokenizer import TokenInfo
+from gpt2core.text.tokenizer import TokenInfo
 
 from .common import style
 

@@ -12,7 +12,7 @@ from ..errors import handle
 from ..scheduling import step_aside
 from ..figures.attention import attention_heatmap
 from ..figures.circuits import head_score_heatmap, patch_head_heatmap, patch_position_heatmap, repeat_loss_line
-from gpt2core.circuits import HEAD_TYPE_LABELS, HEAD_TYPES
+from gpt2core.analysis.circuits import HEAD_TYPE_LABELS, HEAD_TYPES
 
 TITLE = "Circuits"
 DETECTOR_EXPLANATION = """

@@ -9,7 +9,7 @@ from ..context import AppContext
 from ..errors import handle
 from ..figures.embeddings import neighbour_bars, position_heatmap, position_norms, projection_scatter
 from ..inputs import MAX_VIEW_TOKENS, InputError, prepare_prompt
-from gpt2core.trace import token_text
+from gpt2core.analysis.trace import token_text
 
 TITLE = "Embeddings"
 EXPLANATION = """

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from gpt2core import backend
-from gpt2core.devices import device_of
+from gpt2core.kernels import backend
+from gpt2core.reference.devices import device_of
 
 from ..compute.precision import megabytes, precision_view, summary_markdown
 from ..context import AppContext

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from gpt2core import merges
-from gpt2core.tokenizer import printable
+from gpt2core.text import merges
+from gpt2core.text.tokenizer import printable
 
 from ..components import Number, Slider
 from ..compute import merges as merge_compute

@@ -335,7 +335,7 @@ def _classify_intro() -> str:
     acc = bundled["meta"].get("accuracy")
     whole = json.loads(acc) if acc else None
     return text + ("The line below is scored by the bundled head until you train one" +
-                   (f": trained with `python -m gpt2core.classify` on the whole data set, where it scored "
+                   (f": trained with `python -m gpt2core.training.classify` on the whole data set, where it scored "
                     f"{whole['after']:.1%} on {whole['examples']:,} held-out speeches (majority-class baseline "
                     f"{whole['baseline']:.1%})." if whole else "."))
 

@@ -22,7 +22,7 @@ token's part of it as a strip of coloured cells (red positive, blue negative; ho
 The attention steps have one row per head and one column per earlier token. The blocks not expanded
 show one line each, the norm of the token's residual vector coming in and going out: click one to
 expand it. The whole trace is also a text log below, to copy or download, the same as
-`python -m gpt2core.trace "your text"` prints.
+`python -m gpt2core.analysis.trace "your text"` prints.
 """
 EXAMPLES = [
     "To be, or not to be, that is the question:",
@@ -95,7 +95,7 @@ def build(ctx: AppContext) -> None:
     block_slots = _step_slots(BLOCK_STEPS, "block")
     gr.Markdown("### 3. Output: the final LayerNorm, the logits and the next token")
     final_slots = _step_slots(FINAL_STEPS, "final")
-    gr.Markdown("### The trace as a log\nThe same steps for every block, as `python -m gpt2core.trace` prints them.")
+    gr.Markdown("### The trace as a log\nThe same steps for every block, as `python -m gpt2core.analysis.trace` prints them.")
     log_text = gr.Code(language=None, lines=12, max_lines=30, interactive=False, label="Trace log",
                        elem_id="walkthrough-log")
     log_file = gr.File(label="Download the log", interactive=False, elem_id="walkthrough-log-file")

@@ -1,6 +1,6 @@
 """Finish a trained run into a shippable checkpoint with a model card.
 
-python -m gpt2core.modelcard RUN_DIR OUT_DIR --heldout-from FILES... [--heldout-tokens N]
+python -m gpt2core.training.modelcard RUN_DIR OUT_DIR --heldout-from FILES... [--heldout-tokens N]
 
 Copies the weights (fp16 as trained with --fp16), config and log from RUN_DIR (not the optimiser),
 writes the held-out text (the start of the run's validation split), measures the model's loss on
@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from . import tokenizer
+from ..text import tokenizer
 from .train import LOG_FILE, LOSS_PNG, evaluate, read_texts, sample_text
-from .weights import CONFIG_FILE, WEIGHTS_FILE, load
+from ..reference.weights import CONFIG_FILE, WEIGHTS_FILE, load
 
 HELDOUT_FILE = "heldout.txt"
 SAMPLE_PROMPTS = ["ROMEO:", "To be, or not to be", "KING HENRY.\nNow, lords,", "O gentle"]
@@ -42,7 +42,7 @@ def embedding_lr_note(settings: dict) -> str:
 def copying_report(model, folder: Path) -> dict:
     """How well the model copies in context, measured: the induction loss (50 random ids repeated twice,
     16 sequences), repeated held-out passages, and the heads the detector names on a repeated random sequence."""
-    from .circuits import HEAD_TYPES, detect_heads, induction_loss, repeated_random_tokens, repeated_text_loss
+    from ..analysis.circuits import HEAD_TYPES, detect_heads, induction_loss, repeated_random_tokens, repeated_text_loss
     held = tokenizer.encode((folder / HELDOUT_FILE).read_text(encoding="utf-8"))
     induction = induction_loss(model, n_tokens=50, batch=16, seed=0)
     text = repeated_text_loss(model, held, n_tokens=50, n_passages=16)
@@ -71,12 +71,12 @@ def copying_section(report: dict, before: dict | None) -> str:
                       for kind in report["heads"])
     return (f"{head}\n{line}\n{body}\n\nEach row: [<|endoftext|>] + S + S for 16 sequences S, the mean loss over the "
             f"tokens of one copy; the second copy's first token is left out where it says so (nothing before it "
-            f"predicts it). The head detector (`gpt2core.circuits.detect_heads`, on one sequence of 50 random ids "
+            f"predicts it). The head detector (`gpt2core.analysis.circuits.detect_heads`, on one sequence of 50 random ids "
             f"repeated, seed 0) names as the top three heads (layer.head, score): {named}.")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpt2core.modelcard", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m gpt2core.training.modelcard", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run")
     ap.add_argument("out")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .hooks import capture_active
+from ..reference.hooks import capture_active
 
 SOURCE = Path(__file__).with_name("csrc") / "kernels.c"
 _FLAGS = ["-O3", "-march=native", "-std=gnu11", "-shared", "-fPIC", "-pthread", "-fopenmp"]
@@ -138,7 +138,7 @@ def error() -> str | None:
 
 
 def library_path() -> Path | None:
-    """The file of the loaded build (None: none loaded); gpt2core.backend keeps its choices beside it."""
+    """The file of the loaded build (None: none loaded); gpt2core.kernels.backend keeps its choices beside it."""
     return _path if library() is not None else None
 
 

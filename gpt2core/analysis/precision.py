@@ -1,6 +1,6 @@
 """The same prompt through the model in each number format, against fp32.
 
-``gpt2core.backend.precision(p)`` runs the model's matrix products in ``p`` ("fp32", "bf16", "fp16",
+``gpt2core.kernels.backend.precision(p)`` runs the model's matrix products in ``p`` ("fp32", "bf16", "fp16",
 "int8"); LayerNorm, softmax, GELU and the residual stream stay fp32, so every logit and cached tensor is
 float32 whatever the precision, and the difference to the fp32 run is the rounding of the products alone.
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import backend
-from .devices import device_of
+from ..kernels import backend
+from ..reference.devices import device_of
 
 REFERENCE = "fp32"
 PATTERN_HOOKS = "*attn.hook_pattern"

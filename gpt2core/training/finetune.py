@@ -1,6 +1,6 @@
 """Instruction fine-tuning: Alpaca-formatted records, the loss on the response tokens only.
 
-python -m gpt2core.finetune --data train.jsonl [--heldout heldout.jsonl] --out runs/NAME \
+python -m gpt2core.training.finetune --data train.jsonl [--heldout heldout.jsonl] --out runs/NAME \
     [--init checkpoints/shakespeare] [options]
 
 Each line of the JSONL files is {"instruction", "input" (may be empty or absent), "output"}.
@@ -8,8 +8,8 @@ A record becomes the Alpaca prompt followed by the output and <|endoftext|>; bat
 to their longest example, and the targets of the prompt and of the padding are IGNORE_INDEX, so
 only the response (and its end token) is trained. Evaluation: the masked loss on held-out records
 and the exact match of greedy answers, with a few answers in the log. Runs under torchrun like
-gpt2core.train (the same --device, --precision, --grad-accum, --compile, --init).
-``python -m gpt2core.instruct_data`` makes a data set with checkable answers.
+gpt2core.training.train (the same --device, --precision, --grad-accum, --compile, --init).
+``python -m gpt2core.training.instruct_data`` makes a data set with checkable answers.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from . import tokenizer
-from .config import GPT2Config
-from .generate import generate
-from .model import GPT2
+from ..text import tokenizer
+from ..reference.config import GPT2Config
+from ..decoding.generate import generate
+from ..reference.model import GPT2
 from .train import (IGNORE_INDEX, LOSS_PNG, SummedLoss, Trainer, TrainSettings, add_run_args, build_model,
                     describe_run, finish_distributed, plot_loss, setup_distributed, tuning_settings)
 
@@ -219,7 +219,7 @@ Command: `{command}`
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpt2core.finetune", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m gpt2core.training.finetune", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="training records, JSONL")
     ap.add_argument("--heldout", default=None, help="held-out records, JSONL (default: the last --heldout-fraction)")
@@ -278,7 +278,7 @@ def main(argv=None) -> int:
     tuner.log["seconds"] = seconds
     tuner.log["records_per_second"] = (tuner.step - done0) * tuner.effective_batch / max(1e-9, seconds)
     if main_rank:
-        command = ("torchrun ... -m gpt2core.finetune " if tuner.world_size > 1 else "python -m gpt2core.finetune ") \
+        command = ("torchrun ... -m gpt2core.training.finetune " if tuner.world_size > 1 else "python -m gpt2core.training.finetune ") \
             + " ".join(argv if argv is not None else sys.argv[1:])
         extra = {"init": args.init, "command": command, "kind": "instruction fine-tuning (Alpaca template)",
                  "data": {"train": Path(args.data).name, "train_records": len(tuner.examples),

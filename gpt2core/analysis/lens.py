@@ -18,8 +18,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from .devices import ids_on
-from .model import GPT2
+from ..reference.devices import ids_on
+from ..reference.model import GPT2
 
 LENS_ROWS = 256   # rows pushed through the unembedding at once: 256 x 50,257 floats is 51 MB
 POST_ROWS = 32    # rows soft-maxed and ranked at once

@@ -1,7 +1,7 @@
 """Where a model's tensors live, and its inputs made there.
 
 The views and generation run on whatever device the model's parameters are on (the CPU, or a GPU through
-the PyTorch path; the C kernels in gpt2core.native are CPU-only and step aside by themselves). A model's
+the PyTorch path; the C kernels in gpt2core.kernels.native are CPU-only and step aside by themselves). A model's
 inputs are made on its device with ``ids_on``; results are read back with ``.cpu()`` before ``.numpy()``.
 """
 from __future__ import annotations

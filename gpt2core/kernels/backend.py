@@ -4,7 +4,7 @@ model.py writes each op once, in plain PyTorch, and marks it ``@backend.kernel("
 Face's attention registry puts its kernels behind one name. This module owns everything else:
 
 - **the per-op choice.** For each op ("linear", "attention", "layer_norm", "gelu", "decode") and shape
-  class, the native kernel (gpt2core.native, csrc/kernels.c) and torch's own path are timed once, on
+  class, the native kernel (gpt2core.kernels.native, csrc/kernels.c) and torch's own path are timed once, on
   this machine, the first time that shape is met; the faster is kept (torch on a tie: no op is slower
   than torch's own path) and the choice is saved beside the kernel build, keyed by the CPU, so later
   processes don't measure again. ``GPT2_KERNELS`` overrides it: ``native``, ``torch``, ``auto`` (the
@@ -37,7 +37,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import hooks, native
+from ..reference import hooks
+from . import native
 
 OPS = ("linear", "attention", "layer_norm", "gelu", "decode")
 IMPLEMENTATIONS = ("native", "torch")
@@ -382,7 +383,7 @@ def weight_bytes(model, prec: str = "fp32") -> int:
         return sum(2 * p.numel() for p in params)
     if prec == "fp32":
         return sum(p.numel() * p.element_size() for p in params)
-    from .model import Linear
+    from ..reference.model import Linear
     linear_weights = {id(m.weight): m.weight for m in model.modules() if isinstance(m, Linear)}
     # An embedding keeps its fp32 table even when a tied head is quantised as a layer of its own.
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}

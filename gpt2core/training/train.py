@@ -1,7 +1,7 @@
 """Training: AdamW (decay on 2-D weights only), warmup + cosine, clipping, evals, resumable.
 
-CLI: ``python -m gpt2core.train --text FILE [FILE ...] --out checkpoints/NAME [options]``,
-or data-parallel: ``torchrun --nproc_per_node N -m gpt2core.train ...`` (DistributedDataParallel,
+CLI: ``python -m gpt2core.training.train --text FILE [FILE ...] --out checkpoints/NAME [options]``,
+or data-parallel: ``torchrun --nproc_per_node N -m gpt2core.training.train ...`` (DistributedDataParallel,
 nccl on GPUs, gloo on CPU).
 
 Every step draws its global batch (batch_size x grad_accum x world size windows) and its dropout
@@ -31,13 +31,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import tokenizer
-from .circuits import induction_loss
-from .config import GPT2Config
+from ..text import tokenizer
+from ..analysis.circuits import induction_loss
+from ..reference.config import GPT2Config
 from .data import SlidingWindowDataset, random_starts, repeated_windows, split_ids, windows_at
-from .generate import generate
-from .model import GPT2
-from .weights import WEIGHTS_FILE, load, save
+from ..decoding.generate import generate
+from ..reference.model import GPT2
+from ..reference.weights import WEIGHTS_FILE, load, save
 
 OPTIM_FILE, LOG_FILE, LOSS_PNG = "optimizer.safetensors", "log.json", "loss.png"
 IGNORE_INDEX = -100          # a target that carries no loss (prompt and padding in instruction tuning)
@@ -548,7 +548,7 @@ def finish_distributed() -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpt2core.train", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m gpt2core.training.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--text", nargs="+", required=True, help="training text files (joined with <|endoftext|>)")
     ap.add_argument("--eval-batches", type=int, default=20)
@@ -561,7 +561,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fp16", action="store_true", help="store the final weights in fp16")
     ap.add_argument("--repeat-fraction", type=float, default=0.0,
                     help="share of each batch's windows in which a span is followed by itself again "
-                         "(teaches in-context copying; see gpt2core.data.repeated_windows)")
+                         "(teaches in-context copying; see gpt2core.training.data.repeated_windows)")
     ap.add_argument("--repeat-random-share", type=float, default=0.5,
                     help="of those windows, the share whose span is random token ids (the rest: text)")
     ap.add_argument("--repeat-pool", choices=REPEAT_POOLS, default="vocab",
@@ -631,7 +631,7 @@ def main(argv=None) -> int:
     t0, done0 = time.perf_counter(), trainer.step
     extra = {"data": {"files": [Path(p).name for p in sorted(args.text)], "tokens": len(ids)},
              "init": args.init,
-             "command": ("torchrun ... -m gpt2core.train " if trainer.world_size > 1 else "python -m gpt2core.train ")
+             "command": ("torchrun ... -m gpt2core.training.train " if trainer.world_size > 1 else "python -m gpt2core.training.train ")
              + " ".join(argv if argv is not None else sys.argv[1:])}
     for event in trainer.run(until=args.until or None):
         rate = (trainer.step - done0) * tokens_per_step / (time.perf_counter() - t0)

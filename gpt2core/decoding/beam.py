@@ -31,8 +31,8 @@ from typing import Callable
 import torch
 
 from .generate import _as_ids
-from .model import GPT2, KVCache
-from .tokenizer import EOT_ID
+from ..reference.model import GPT2, KVCache
+from ..text.tokenizer import EOT_ID
 
 # transformers marks a finished candidate's running score with this, so that it is never picked as a beam.
 FINISHED_OFFSET = -1.0e9

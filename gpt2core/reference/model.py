@@ -4,7 +4,7 @@ Parameter names follow the GPT-2 checkpoint (wte, wpe, ln_1, attn.c_attn, attn.c
 mlp.c_fc, mlp.c_proj, ln_f) so loading is a short mapping; the block list is called ``blocks``
 (``h`` in the checkpoint) so hook names read ``blocks.3.attn.hook_pattern``.
 
-Each op is written once, in plain PyTorch. ``@backend.kernel`` lets gpt2core.backend run it with a
+Each op is written once, in plain PyTorch. ``@backend.kernel`` lets gpt2core.kernels.backend run it with a
 faster kernel where one is measured faster on this machine: the same numbers to float rounding, the
 same hook points.
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import backend
+from ..kernels import backend
 from .config import GPT2Config, get_config
 from .hooks import ActivationCache, HookPoint, capture, name_hook_points
 
@@ -222,7 +222,7 @@ class GPT2(nn.Module):
         self.hook_embed = HookPoint()       # (B, T, d) token embeddings
         self.hook_pos_embed = HookPoint()   # (B, T, d) position embeddings
         self.hook_names = name_hook_points(self)
-        self.precision = "fp32"   # of the matrix products, unless a caller asks otherwise (gpt2core.backend)
+        self.precision = "fp32"   # of the matrix products, unless a caller asks otherwise (gpt2core.kernels.backend)
         if init_weights:
             self.init_weights()
 

@@ -12,9 +12,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import backend, tokenizer
-from .devices import ids_on
-from .hooks import capture
+from ..kernels import backend
+from ..text import tokenizer
+from ..reference.devices import ids_on
+from ..reference.hooks import capture
 
 
 def repeated_random_tokens(n_tokens: int = 50, batch: int = 16, seed: int = 0, vocab_size: int = 50257,

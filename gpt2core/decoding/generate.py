@@ -7,11 +7,11 @@ from typing import Iterator
 
 import torch
 
-from . import backend
-from .devices import ids_on
-from .model import GPT2, KVCache
+from ..kernels import backend
+from ..reference.devices import ids_on
+from ..reference.model import GPT2, KVCache
 from .sampling import GREEDY_TEMPERATURE, check_settings, distribution, draw, filter_logits
-from .tokenizer import EOT_ID, token_bytes
+from ..text.tokenizer import EOT_ID, token_bytes
 
 
 @dataclass
@@ -41,7 +41,7 @@ def stream(model: GPT2, prompt_ids, max_new_tokens: int = 50, temperature: float
     The context is the last ``n_ctx`` tokens. With ``use_cache`` the keys and values of earlier
     tokens are kept; once the window is full every position shifts, so from then on each step
     re-runs the cropped window, exactly as decoding without the cache does. Single-token steps
-    against the cache run in C where it is faster (gpt2core.backend), else through the PyTorch forward.
+    against the cache run in C where it is faster (gpt2core.kernels.backend), else through the PyTorch forward.
     """
     check_settings(temperature, top_k, top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .devices import ids_on
-from .model import GPT2
+from ..reference.devices import ids_on
+from ..reference.model import GPT2
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """GPT-2's byte-pair encoding taken apart: pre-tokenization, the byte-to-unicode map, each merge.
 
-The tokenizer (``gpt2core.tokenizer``, tiktoken) gives only the final tokens. Here the same steps are
+The tokenizer (``gpt2core.text.tokenizer``, tiktoken) gives only the final tokens. Here the same steps are
 done slowly, in Python, the way OpenAI's original ``encoder.py`` (and minGPT's
 ``encode_and_show_work``) does them, so each one can be shown:
 

@@ -6,7 +6,7 @@ point it is the captured tensor; where it has none (the scores before the mask, 
 concatenated, a LayerNorm's scaled output, the residual sums, the logits of one position) it is made
 from captured tensors with one line of torch, and the tests check those lines against the model.
 
-    python -m gpt2core.trace "some text" [--weights PATH] [--position N] [--block N]
+    python -m gpt2core.analysis.trace "some text" [--weights PATH] [--position N] [--block N]
 
 prints the same steps as a log (name, shape, statistics), like the notebooks' verbose debugging.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from . import tokenizer
-from .model import GPT2
+from ..text import tokenizer
+from ..reference.model import GPT2
 
 # Every hook the trace reads, per block and for the ends of the model.
 BLOCK_HOOKS = ["hook_resid_pre", "ln_1.hook_in_mean", "ln_1.hook_in_var", "ln_1.hook_normalized",
@@ -34,7 +34,7 @@ SUMMARY_HOOKS = ["hook_resid_pre", "hook_resid_post"]   # a block that is not ex
 TOP_K = 5
 # The bundled model: checkpoints/ at the repo root in a checkout (or `pip install -e .`); a wheel has no
 # repo root and carries that folder as gpt2core/_bundled/checkpoints (pyproject.toml).
-_HERE = Path(__file__).resolve().parent
+_HERE = Path(__file__).resolve().parents[1]   # the gpt2core folder
 _DATA_ROOT = _HERE / "_bundled" if (_HERE / "_bundled").is_dir() else _HERE.parent
 DEFAULT_WEIGHTS = _DATA_ROOT / "checkpoints" / "shakespeare"
 
@@ -283,7 +283,7 @@ def format_log(tr: Trace) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gpt2core.trace",
+        prog="python -m gpt2core.analysis.trace",
         description="Follow one token through GPT-2's forward pass and print every step: its shape "
                     "and the token's statistics (mean, std, min, max, L2 norm).")
     parser.add_argument("text", help="the prompt")
@@ -295,7 +295,7 @@ def main(argv=None) -> int:
                         help="list the steps of this block only (the others get one line); default: all")
     args = parser.parse_args(argv)
 
-    from .weights import WeightsError, load
+    from ..reference.weights import WeightsError, load
     try:
         model = load(args.weights or DEFAULT_WEIGHTS).eval()
     except (WeightsError, OSError) as e:

@@ -1,6 +1,6 @@
 """Classification fine-tuning: a linear head on GPT-2's last token.
 
-python -m gpt2core.classify --data train.jsonl [--heldout heldout.jsonl] --out runs/NAME \
+python -m gpt2core.training.classify --data train.jsonl [--heldout heldout.jsonl] --out runs/NAME \
     [--init checkpoints/shakespeare] [--train head|last|all] [--last-blocks N] [options]
 
 As in Raschka's LLMs-from-scratch, chapter 6: the text runs through the model, and the final
@@ -15,11 +15,11 @@ Each line of the JSONL files is {"text": ..., "label": ...} (other fields are ke
 Without --heldout, records with "split": "heldout" are the held-out set. Evaluation: held-out
 loss, accuracy, balanced accuracy (mean recall over classes) and the confusion matrix, printed beside
 the majority-class baseline (the held-out share of its most common class: what always answering one
-class scores at best). Runs under torchrun like gpt2core.train (the same --device, --precision,
+class scores at best). Runs under torchrun like gpt2core.training.train (the same --device, --precision,
 --grad-accum, --compile, --init); evaluation and feature extraction run in fp32.
 The output folder is a gpt2core checkpoint of the body (loads with gpt2core.load) plus
 head.safetensors (the head, with its label names), log.json, loss.png and README.md.
-``python -m gpt2core.classify_data`` makes a data set: Shakespeare's speeches by play genre.
+``python -m gpt2core.training.classify_data`` makes a data set: Shakespeare's speeches by play genre.
 """
 from __future__ import annotations
 
@@ -39,12 +39,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from . import tokenizer
-from .config import GPT2Config
-from .model import GPT2
+from ..text import tokenizer
+from ..reference.config import GPT2Config
+from ..reference.model import GPT2
 from .train import (LOG_FILE, LOSS_PNG, Trainer, TrainSettings, add_run_args, build_model, describe_run,
                     finish_distributed, plot_loss, setup_distributed, tuning_settings)
-from .weights import WeightsError, load, save
+from ..reference.weights import WeightsError, load, save
 
 TRAIN_MODES = ("head", "last", "all")
 HEAD_FILE = "head.safetensors"
@@ -432,7 +432,7 @@ Command: `{command}`
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gpt2core.classify", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m gpt2core.training.classify", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="training records, JSONL {\"text\", \"label\"}")
     ap.add_argument("--heldout", default=None, help="held-out records (default: the --data records whose split is heldout)")
@@ -509,7 +509,7 @@ def main(argv=None) -> int:
     tuner.log["seconds"] = seconds
     tuner.log["wall_seconds"] = time.perf_counter() - t_start
     if is_main:
-        command = ("torchrun ... -m gpt2core.classify " if tuner.world_size > 1 else "python -m gpt2core.classify ") \
+        command = ("torchrun ... -m gpt2core.training.classify " if tuner.world_size > 1 else "python -m gpt2core.training.classify ") \
             + " ".join(argv if argv is not None else sys.argv[1:])
         before, after = tuner.log["eval"][0], tuner.log["eval"][-1]
         extra = {"init": args.init, "command": command, "kind": "classification fine-tuning (last-token head)",
