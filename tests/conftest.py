@@ -46,13 +46,18 @@ def registry():
 
 
 @pytest.fixture(scope="session")
-def app_url(registry):
-    """The whole app served on a free loopback port for the test session."""
+def app(registry):
+    """The whole app (gr.Blocks) served on a free loopback port for the test session."""
     from explorer.app import CSS, build_app
     demo = build_app(registry)
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, css=CSS, quiet=True)
-    yield demo.local_url
+    yield demo
     demo.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(app):
+    return app.local_url
 
 
 CHROMIUM = "/usr/bin/chromium"
@@ -61,10 +66,11 @@ BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 ARTIFACTS = Path(__file__).parent / "artifacts"   # screenshots, to look at
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
-    """Debian's headless chromium, driven by Playwright, one per test module. Skipped without
-    /usr/bin/chromium, except under CI (the README's test command installs it)."""
+    """Debian's headless chromium, driven by Playwright, one for the test session (each test module opens
+    pages or contexts of its own). Skipped without /usr/bin/chromium, except under CI (the README's test
+    command installs it)."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: the README's test command installs it")
@@ -85,10 +91,100 @@ def page(browser, app_url):
     errors = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.goto(app_url, wait_until="load")
-    pg.locator("#prompt").wait_for(timeout=30_000)
+    wait_restored(pg)
     pg.errors = errors
     yield pg
     pg.close()
+
+
+def wait_restored(pg, timeout: int = 30_000) -> None:
+    """Wait until the page is up and has applied its link (explorer.lecture sets ``window.explorer.restored``):
+    a click made before that can be undone by the link's own tab and values."""
+    pg.locator("#prompt").wait_for(timeout=timeout)
+    pg.wait_for_function("() => window.explorer && window.explorer.restored === true", timeout=timeout)
+
+
+def tab_short(tab) -> str:
+    return tab.__name__.rsplit(".", 1)[-1].removesuffix("_tab")
+
+
+# True when the plot in element #id holds data (not an empty frame).
+PLOT_HAS_DATA = """(id) => {
+  const el = document.querySelector(`#${id} .js-plotly-plot`);
+  if (!el || !el.data || !el.data.length) return false;
+  const n = (v) => (v == null ? 0 : (v.length ?? (v.bdata ? 1 : 0)));
+  return el.data.some(t => n(t.x) + n(t.y) + n(t.z) + n(t.values) + n(t.r) > 0);
+}"""
+
+
+def plots_shown_on_opening(demo) -> dict[str, list[str]]:
+    """tab short name -> elem_ids of the plots it shows on opening (built visible), read from the app."""
+    import gradio as gr
+    found = {}
+    for block in demo.blocks.values():
+        if not isinstance(block, gr.Plot) or not block.visible:
+            continue
+        parent = block.parent
+        while parent is not None and not isinstance(parent, gr.Tab):
+            parent = parent.parent
+        assert block.elem_id, f"a plot without an elem_id in tab {parent and parent.id}"
+        if parent is not None:
+            found.setdefault(parent.id, []).append(block.elem_id)
+    return found
+
+
+@pytest.fixture(scope="session")
+def tab_walk(browser, app):
+    """One fresh page opens every tab in turn, as a student would, and records for each tab:
+    - ``first_open``: the plots the tab shows on opening that had no data after its first opening (one click on
+      the tab and nothing else; the tab's own first draw), and the error toasts then (screenshot
+      first-open-NAME.png);
+    - ``run``: after its run button (where it has one), whether a figure drew, and the error toasts (screenshot
+      tab-NAME.png);
+    - ``modebar``: each drawn figure's download settings (PNG at 2x named for the figure, SVG, numbers);
+    - ``errors``: the page's JavaScript errors while the tab was open.
+    test_browser_first_open, test_browser's test_tab_draws and test_browser_lecture's modebar test assert on
+    this record, one test per tab, so the tabs are opened and drawn once for the three of them."""
+    from explorer.tabs import load_tabs
+
+    plots = plots_shown_on_opening(app)
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(app.local_url, wait_until="load")
+    wait_restored(pg)
+    walk = {}
+    for tab in load_tabs():
+        name, seen = tab_short(tab), len(errors)
+        rec = walk[name] = {"plots": plots.get(name, []), "first_open": [], "first_open_toasts": [],
+                            "run": None, "run_toasts": [], "modebar": [], "errors": []}
+        pg.get_by_role("tab", name=tab.TITLE).click()
+        pg.locator(f"#tab-{name}").wait_for(state="visible", timeout=10_000)
+        for plot_id in rec["plots"]:
+            try:
+                pg.wait_for_function(PLOT_HAS_DATA, arg=plot_id, timeout=90_000)
+            except Exception:  # noqa: BLE001 - recorded, asserted by the tab's own test
+                rec["first_open"].append(plot_id)
+        pg.wait_for_timeout(500)
+        rec["first_open_toasts"] = pg.locator(".toast-body.error").all_inner_texts()
+        pg.screenshot(path=str(ARTIFACTS / f"first-open-{name}.png"), full_page=True)
+        run = pg.locator(f"#{name}-run")
+        try:
+            if run.count():
+                run.first.click()
+            pg.locator(f"#tab-{name} .js-plotly-plot").first.wait_for(state="visible", timeout=60_000)
+            pg.wait_for_timeout(800)   # let the last redraws settle before the picture
+            rec["run"] = "drawn"
+        except Exception as e:  # noqa: BLE001
+            rec["run"] = f"no figure drew: {e}"
+        rec["run_toasts"] = pg.locator(".toast-body.error").all_inner_texts()
+        pg.screenshot(path=str(ARTIFACTS / f"tab-{name}.png"), full_page=True)
+        rec["modebar"] = pg.evaluate(f"""() => [...document.querySelectorAll('#tab-{name} .js-plotly-plot')].map(gd => ({{
+            holder: gd.parentElement.closest('[id]').id, png: gd._context.toImageButtonOptions,
+            buttons: [...gd.querySelectorAll('.modebar-btn')].map(b => b.getAttribute('data-title'))}}))""")
+        rec["errors"] = errors[seen:]
+    pg.close()
+    return walk
 
 
 @pytest.fixture

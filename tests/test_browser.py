@@ -7,31 +7,19 @@ installs it); skipped without it, except under CI where a missing browser is a f
 import pytest
 
 from explorer.tabs import load_tabs
-from tests.conftest import ARTIFACTS, no_error_toast
+from tests.conftest import ARTIFACTS, no_error_toast, tab_short, wait_restored
 
 pytestmark = pytest.mark.browser
 
 
-def short(tab) -> str:
-    return tab.__name__.rsplit(".", 1)[-1].removesuffix("_tab")
-
-
-
-@pytest.mark.parametrize("tab", load_tabs(), ids=short)
-def test_tab_draws(page, tab):
-    name = short(tab)
-    page.get_by_role("tab", name=tab.TITLE).click()
-    panel = page.locator(f"#tab-{name}")
-    panel.wait_for(state="visible", timeout=10_000)
-    run = page.locator(f"#{name}-run")
-    if run.count():
-        run.first.click()
-    plots = panel.locator(".js-plotly-plot")
-    plots.first.wait_for(state="visible", timeout=60_000)
-    page.wait_for_timeout(800)   # let the last redraws settle before the picture
-    no_error_toast(page)
-    page.screenshot(path=str(ARTIFACTS / f"tab-{name}.png"), full_page=True)
-    assert not page.errors, page.errors
+@pytest.mark.parametrize("tab", load_tabs(), ids=tab_short)
+def test_tab_draws(tab_walk, tab):
+    """Open the tab, press its run button, its figures draw with no error (conftest's tab_walk does the clicking,
+    once for this test, the first-open test and the download test; screenshot tab-NAME.png)."""
+    rec = tab_walk[tab_short(tab)]
+    assert rec["run"] == "drawn", rec["run"]
+    assert rec["run_toasts"] == [], rec["run_toasts"]
+    assert not rec["errors"], rec["errors"]
 
 
 def test_empty_prompt_shows_a_message(page):
@@ -40,7 +28,7 @@ def test_empty_prompt_shows_a_message(page):
     prompt.fill("   ")
     first = load_tabs()[0]
     page.get_by_role("tab", name=first.TITLE).click()
-    page.locator(f"#{short(first)}-run").first.click()
+    page.locator(f"#{tab_short(first)}-run").first.click()
     toast = page.locator(".toast-body")
     toast.first.wait_for(state="visible", timeout=20_000)
     assert "empty" in " ".join(toast.all_inner_texts()).lower()
@@ -53,7 +41,7 @@ def test_why_tab_explains_and_scans(page):
     # A fresh page: no toast left from an earlier test. Not a reload: the address bar keeps the view
     # (explorer.lecture), and that is the empty prompt the test before left.
     page.goto(page.url.split("?")[0], wait_until="load")
-    page.locator("#prompt").wait_for(timeout=30_000)
+    wait_restored(page)
     page.get_by_role("tab", name="Why this token?").click()
     panel = page.locator("#tab-why")
     panel.locator("#why-examples").get_by_text("HAMLET.", exact=False).first.click()
@@ -110,7 +98,7 @@ def test_circuits_tab_detects_heads_and_patches_on_first_open(page):
     """The Circuits tab: the head detector has drawn on page load; the patching maps draw the first time the
     tab opens, without a click; a head chosen in the menu opens its pattern."""
     page.goto(page.url.split("?")[0], wait_until="load")
-    page.locator("#prompt").wait_for(timeout=30_000)
+    wait_restored(page)
     page.get_by_role("tab", name="Circuits").click()
     panel = page.locator("#tab-circuits")
     for plot in ("loss", "induction", "previous-token", "pattern", "resid", "attn", "mlp", "heads"):

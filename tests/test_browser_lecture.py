@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from tests.conftest import ARTIFACTS, no_error_toast, plot_json
+from tests.conftest import ARTIFACTS, no_error_toast, plot_json, wait_restored
 from tests.test_lecture import fake_hub, hf_cache  # noqa: F401 - fixtures: a temporary HF cache, a faked Hub
 
 pytestmark = pytest.mark.browser
@@ -28,7 +28,7 @@ def open_page(browser, url: str):
     pg.errors = []
     pg.on("pageerror", lambda e: pg.errors.append(str(e)))
     pg.goto(url, wait_until="load")
-    pg.locator("#prompt").wait_for(timeout=30_000)
+    wait_restored(pg)
     return pg
 
 
@@ -210,32 +210,19 @@ def test_a_cold_start_shows_the_download_and_switches_to_gpt2(browser, fake_hub,
         demo.close()
 
 
-def test_every_drawn_figure_offers_the_slide_downloads(browser, app_url):
+def test_every_drawn_figure_offers_the_slide_downloads(tab_walk):
     """Every tab's figures, once drawn, carry the configured modebar: a PNG at 2x named for the figure,
-    the SVG and the numbers buttons. (Train draws only after a training run: test_browser_train's job.)"""
-    from explorer.tabs import load_tabs
-
-    pg = open_page(browser, app_url)
+    the SVG and the numbers buttons (read by conftest's tab_walk after each tab drew). (Train draws only
+    after a training run: test_browser_train's job.)"""
     checked = {}
-    for tab in load_tabs():
-        name = tab.__name__.rsplit(".", 1)[-1].removesuffix("_tab")
+    for name, rec in tab_walk.items():
         if name == "train":
             continue
-        pg.get_by_role("tab", name=tab.TITLE).click()
-        run = pg.locator(f"#{name}-run")
-        if run.count():
-            run.first.click()
-        pg.locator(f"#tab-{name} .js-plotly-plot").first.wait_for(state="visible", timeout=60_000)
-        pg.wait_for_timeout(500)
-        configs = pg.evaluate(f"""() => [...document.querySelectorAll('#tab-{name} .js-plotly-plot')].map(gd => ({{
-            holder: gd.parentElement.closest('[id]').id, png: gd._context.toImageButtonOptions,
-            buttons: [...gd.querySelectorAll('.modebar-btn')].map(b => b.getAttribute('data-title'))}}))""")
+        configs = rec["modebar"]
         for c in configs:
             assert c["png"]["format"] == "png" and c["png"]["scale"] == 2, c
             assert c["png"]["filename"].startswith(c["holder"].replace("-", "_")), c
             assert {"Download plot as a PNG", "Download plot as SVG", "Download the numbers (JSON)"} <= set(c["buttons"]), c
         checked[name] = len(configs)
     print(f"\n[figures] modebar downloads configured on {sum(checked.values())} figures: {checked}")
-    assert len(checked) == len(load_tabs()) - 1 and all(checked.values())
-    assert not pg.errors, pg.errors
-    pg.context.close()
+    assert len(checked) == len(tab_walk) - 1 and all(checked.values())

@@ -2,7 +2,7 @@
 Generate's "Score this text". Screenshots go to tests/artifacts/ to look at (same launch as test_browser.py)."""
 import pytest
 
-from tests.conftest import ARTIFACTS, no_error_toast
+from tests.conftest import ARTIFACTS, no_error_toast, wait_restored
 ROMEO = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun."
 
 pytestmark = pytest.mark.browser
@@ -35,12 +35,12 @@ def test_merge_table(page):
     assert "does not exist" in " ".join(toast.all_inner_texts())
     assert not page.errors, page.errors
     page.reload(wait_until="load")     # a fresh page: no toast left for the next test
-    page.locator("#prompt").wait_for(timeout=30_000)
+    wait_restored(page)
 
 
 def test_scored_text(page):
     page.reload(wait_until="load")
-    page.locator("#prompt").wait_for(timeout=30_000)
+    wait_restored(page)
     page.locator("#prompt textarea").fill(ROMEO)
     page.get_by_role("tab", name="Score").click()
     page.locator("#score-run").click()

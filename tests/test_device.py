@@ -19,7 +19,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEW_FILES = sorted(p for p in (ROOT / "explorer" / "compute").glob("*.py") if p.name != "training.py") + [
-    ROOT / "gpt2core" / f"{name}.py" for name in ("devices", "generate", "lens", "sampling", "score", "trace")]
+    ROOT / "gpt2core" / path for path in ("reference/devices.py", "decoding/generate.py", "analysis/lens.py",
+                                          "decoding/sampling.py", "analysis/score.py", "analysis/trace.py")]
 # torch functions that make a tensor from scratch: on the CPU unless told otherwise (the *_like ones follow
 # their argument and are fine).
 FACTORIES = {"tensor", "as_tensor", "empty", "zeros", "ones", "full", "arange", "randn", "rand", "randint",
