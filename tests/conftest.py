@@ -143,8 +143,8 @@ def tab_walk(browser, app):
       tab-NAME.png);
     - ``modebar``: each drawn figure's download settings (PNG at 2x named for the figure, SVG, numbers);
     - ``errors``: the page's JavaScript errors while the tab was open.
-    test_browser_first_open, test_browser's test_tab_draws and test_browser_lecture's modebar test assert on
-    this record, one test per tab, so the tabs are opened and drawn once for the three of them."""
+    test_browser_tabs.py asserts on this record, one test per tab, so the tabs are opened and drawn once for
+    its three kinds of test."""
     from explorer.tabs import load_tabs
 
     plots = plots_shown_on_opening(app)

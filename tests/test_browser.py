@@ -1,8 +1,8 @@
-"""A real browser (Debian's chromium, driven by Playwright) clicks through every tab.
-
-For each tab: open it, press its run button, wait for its figures to draw, and save a
-screenshot to tests/artifacts/ to look at. Needs /usr/bin/chromium (the README's test command
-installs it); skipped without it, except under CI where a missing browser is a failure.
+"""A real browser (Debian's chromium, driven by Playwright) on the tabs' own stories: an empty prompt, the Why
+tab's scan, the Precision tab's swapped token, the tab bar, the Circuits tab on first open (every tab's first
+opening and run button: test_browser_tabs.py). Screenshots go to tests/artifacts/ to look at. Needs
+/usr/bin/chromium (the README's test command installs it); skipped without it, except under CI where a missing
+browser is a failure.
 """
 import pytest
 
@@ -10,16 +10,6 @@ from explorer.tabs import load_tabs
 from tests.conftest import ARTIFACTS, no_error_toast, tab_short, wait_restored
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.mark.parametrize("tab", load_tabs(), ids=tab_short)
-def test_tab_draws(tab_walk, tab):
-    """Open the tab, press its run button, its figures draw with no error (conftest's tab_walk does the clicking,
-    once for this test, the first-open test and the download test; screenshot tab-NAME.png)."""
-    rec = tab_walk[tab_short(tab)]
-    assert rec["run"] == "drawn", rec["run"]
-    assert rec["run_toasts"] == [], rec["run_toasts"]
-    assert not rec["errors"], rec["errors"]
 
 
 def test_empty_prompt_shows_a_message(page):

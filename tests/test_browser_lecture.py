@@ -208,21 +208,3 @@ def test_a_cold_start_shows_the_download_and_switches_to_gpt2(browser, fake_hub,
         pg.context.close()
     finally:
         demo.close()
-
-
-def test_every_drawn_figure_offers_the_slide_downloads(tab_walk):
-    """Every tab's figures, once drawn, carry the configured modebar: a PNG at 2x named for the figure,
-    the SVG and the numbers buttons (read by conftest's tab_walk after each tab drew). (Train draws only
-    after a training run: test_browser_train's job.)"""
-    checked = {}
-    for name, rec in tab_walk.items():
-        if name == "train":
-            continue
-        configs = rec["modebar"]
-        for c in configs:
-            assert c["png"]["format"] == "png" and c["png"]["scale"] == 2, c
-            assert c["png"]["filename"].startswith(c["holder"].replace("-", "_")), c
-            assert {"Download plot as a PNG", "Download plot as SVG", "Download the numbers (JSON)"} <= set(c["buttons"]), c
-        checked[name] = len(configs)
-    print(f"\n[figures] modebar downloads configured on {sum(checked.values())} figures: {checked}")
-    assert len(checked) == len(tab_walk) - 1 and all(checked.values())
