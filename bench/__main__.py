@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 # As the app does (explorer/__init__.py), before torch starts OpenMP: idle workers sleep rather than
@@ -261,27 +260,9 @@ def free_port() -> int:
 
 
 def bench_coldstart(runs: int = 3) -> list[str]:
-    times = []
-    for _ in range(runs):
-        port = free_port()
-        env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
-        t = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            while time.perf_counter() - t < 120:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.05)
-            times.append(time.perf_counter() - t)
-        finally:
-            proc.terminate()
-            proc.wait(10)
-    return [f"cold start `python app.py` to the first HTTP 200: median {statistics.median(times):.2f} s "
-            f"over {runs} runs (each: {', '.join(f'{x:.2f}' for x in times)})"]
+    """`python app.py` to the first HTTP 200, median of the runs, and the app's start-up phases (bench/coldstart.py)."""
+    from bench.coldstart import bench_coldstart as run
+    return run(runs)
 
 
 def bench_why(pair: Pair, runs: int, lens_len: int = 64, scan_len: int = 16) -> list[str]:

@@ -1,10 +1,12 @@
 """Builds the Gradio app: header (prompt, model choice, banner) and one tab per module."""
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 
 from .context import AppContext
-from . import lecture, memory, scheduling
+from . import lecture, memory, scheduling, startup
 from .errors import handle
 from .inputs import MAX_VIEW_TOKENS, InputError, prepare_prompt
 from .session import HUB_NAME, HubDownload, ModelRegistry, device_label
@@ -169,15 +171,23 @@ def build_app(registry: ModelRegistry) -> gr.Blocks:
             timer.tick(poll_download, [model_choice], [download_md, model_choice, timer], api_visibility="private",
                        show_progress="hidden")
         tab_ids = []
+        tabs = load_tabs()
+        startup.mark("build: header, tab modules imported")
+        build_s = {}
         with gr.Tabs(elem_id="tabs") as ctx.tabs:
-            for tab in load_tabs():
+            for tab in tabs:
                 short = tab.__name__.rsplit('.', 1)[-1].removesuffix('_tab')
                 tab_ids.append(short)
                 ctx.building_tab = short
+                t = time.perf_counter()
                 with gr.Tab(tab.TITLE, id=short, elem_id=f"tab-{short}"):   # id: gr.Tabs(selected=short)
                     tab.build(ctx)
+                build_s[short] = round(time.perf_counter() - t, 4)
         wire_link(ctx, tab_ids, presentation, copy_link, link_box)
+        startup.mark("build: tabs", tabs=build_s)
+    startup.mark("build: gradio's config and app")     # gr.Blocks' exit: the page's config, its routes
     scheduling.assign(demo)      # the views' shared queue, and one per kind of long work
     memory.start_trimming()      # freed pages go back to the OS every few seconds
     demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=scheduling.VIEW_SLOTS)
+    startup.mark("build: queue")
     return demo

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from gpt2core.kernels import native
 
-    from . import build_app, build_registry
+    from . import build_app, build_registry, startup
     from .app import CSS, SESSIONS_KEPT
     from .session import resolve_device
 
@@ -83,9 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     def progress(fraction, message):
         print(f"[{fraction:4.0%}] {message}", flush=True)
 
+    startup.mark("arguments, device")
     # GPT-2 that must be downloaded comes in a background thread: the page serves at once.
     registry = build_registry(args.weights, progress=progress, device=device, background_download=True,
                               precision=args.dtype)
+    startup.mark("models")
     if registry.startup_notice:
         print(registry.startup_notice, flush=True)
     if registry.hub_download is not None:
@@ -95,8 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.dtype == "bf16" and device.type == "cpu":
         from gpt2core.kernels import backend
         print(f"bf16: {backend.bf16_units()[1]}", flush=True)
-    build_app(registry).launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS,
-                               show_error=True, state_session_capacity=SESSIONS_KEPT)
+    demo = build_app(registry)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS, show_error=True,
+                state_session_capacity=SESSIONS_KEPT, prevent_thread_lock=True)
+    startup.mark("launch")           # the server answers from here on
+    demo.block_thread()              # what launch() does in a script: serve until interrupted
 
 
 if __name__ == "__main__":
