@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.compute.circuits import (PROMPT, RANDOM, best_heads, detector_view, parse_head, patch_prompts,
-                                       patching_view)
+from explorer.compute.circuits import (PROMPT, RANDOM, best_heads, detector_view, head_view, parse_head,
+                                       patch_prompts, patching_view)
 from explorer.figures.circuits import (head_score_heatmap, patch_head_heatmap, patch_position_heatmap,
                                        repeat_loss_line)
 from explorer.inputs import InputError
@@ -40,6 +40,27 @@ def test_detector_view_on_random_tokens_and_on_a_prompt(tiny):
         detector_view(tiny, "Shakespeare", "", 10, 0)
     with pytest.raises(InputError, match="at least 2 tokens"):
         detector_view(tiny, PROMPT, "Hi", 10, 0)
+
+
+def test_detector_loss_is_the_models_own_next_token_loss(tiny):
+    """The loss along the sequence comes from the same captured pass as the patterns: it equals the cross-entropy
+    of an ordinary forward pass's logits."""
+    view = detector_view(tiny, RANDOM, "", 12, 3)
+    logits = tiny(torch.tensor([view.ids]))[0]
+    ref = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(view.ids[1:]), reduction="none")
+    np.testing.assert_allclose(view.loss, ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("source,text", [(RANDOM, ""), (PROMPT, "one two three one two three four")])
+def test_head_view_is_the_detectors_head(tiny, source, text):
+    """One head's pattern and scores from a pass that captures its layer alone equal the full detector's."""
+    full = detector_view(tiny, source, text, 12, 3)
+    for layer, head in ((0, 0), (1, 3), (2, 1)):
+        view = head_view(tiny, source, text, 12, 3, layer, head)
+        assert view.tokens == full.tokens
+        np.testing.assert_allclose(view.pattern, full.patterns[layer, head], atol=1e-6)
+        for kind in circuits.HEAD_TYPES:
+            np.testing.assert_allclose(view.scores[kind], full.scores[kind][layer, head], atol=1e-6)
 
 
 def test_best_heads_and_parse_head(tiny):
@@ -116,6 +137,11 @@ def test_detect_endpoint(client, registry):
     assert len(json.dumps(plot_json(pattern))) < 1_000_000
     fig = client.predict("1.2", PROMPT, "To be, or not to be", 20, 0, registry.default, api_name="/circuits_head")
     assert "Head 1.2" in plot_json(fig)["layout"]["title"]["text"]
+    # The head menu's figure is the detector's pattern of that head, with its scores in the title.
+    fig = client.predict(f"{top[0]}.{top[1]}", RANDOM, "", 20, 0, registry.default, api_name="/circuits_head")
+    z = np.array(plot_json(fig)["data"][0]["z"], dtype=float)
+    np.testing.assert_allclose(np.tril(np.nan_to_num(z)), view.patterns[top[0], top[1]], atol=1e-4)
+    assert plot_json(fig)["layout"]["title"]["text"] == plot_json(pattern)["layout"]["title"]["text"]
 
 
 def test_patch_endpoint(client, registry):

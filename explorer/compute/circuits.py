@@ -51,20 +51,23 @@ def best_heads(scores: np.ndarray, k: int = TOP_HEADS) -> list[tuple[int, int, f
     return [(int(i // nh), int(i % nh), float(flat[i])) for i in order if np.isfinite(flat[i])]
 
 
-def detector_view(model: GPT2, source: str, text, n_tokens, seed=0) -> DetectorView:
+def detector_sequence(model: GPT2, source: str, text, n_tokens, seed=0) -> tuple[list[int], int | None]:
+    """The ids the detector reads (checked), and where the second copy starts (random source; else None)."""
     if source not in SOURCES:
         raise InputError(f"The sequence must be {RANDOM!r} or {PROMPT!r}, got {source!r}.")
     if source == RANDOM:
         ids = random_sequence(n_tokens, model, seed)
-        repeat_from = 1 + (len(ids) - 1) // 2
-    else:
-        ids = prepare_prompt(text, max_tokens=model.config.n_ctx).ids
-        if len(ids) < 2:
-            raise InputError("The prompt needs at least 2 tokens for a head to look back at anything.")
-        repeat_from = None
-    with torch.no_grad():
-        _, cache = model.run_with_cache(ids, names=[f"blocks.{i}.attn.hook_pattern" for i in range(model.config.n_layer)])
-        logits = model(torch.as_tensor([ids], device=next(model.parameters()).device))[0]         # (T, V)
+        return ids, 1 + (len(ids) - 1) // 2
+    ids = prepare_prompt(text, max_tokens=model.config.n_ctx).ids
+    if len(ids) < 2:
+        raise InputError("The prompt needs at least 2 tokens for a head to look back at anything.")
+    return ids, None
+
+
+def detector_view(model: GPT2, source: str, text, n_tokens, seed=0) -> DetectorView:
+    ids, repeat_from = detector_sequence(model, source, text, n_tokens, seed)
+    # One pass: every layer's patterns and every position's logits (the loss along the sequence).
+    logits, cache = model.run_with_cache(ids, names=[f"blocks.{i}.attn.hook_pattern" for i in range(model.config.n_layer)])
     patterns = cache.stack("blocks.{}.attn.hook_pattern", model.config.n_layer)                   # (L, nh, T, T)
     scores = {k: to_numpy(v) for k, v in circuits.head_scores(patterns, ids).items()}
     loss = to_numpy(torch.nn.functional.cross_entropy(
@@ -82,6 +85,24 @@ def detector_view(model: GPT2, source: str, text, n_tokens, seed=0) -> DetectorV
                     f"**{second.mean():.2f}** on the second (after its first token): "
                     + ("it copies." if second.mean() < 0.5 * first.mean() else "it barely copies."))
     return DetectorView(scores, to_numpy(patterns), [token_text(i) for i in ids], ids, loss, repeat_from, summary)
+
+
+@dataclass
+class HeadView:
+    pattern: np.ndarray             # (T, T) one head's attention on the sequence
+    tokens: list[str]               # (T,)
+    scores: dict[str, float]        # kind -> that head's score (NaN: nothing to score)
+
+
+def head_view(model: GPT2, source: str, text, n_tokens, seed, layer: int, head: int) -> HeadView:
+    """One head's pattern and scores on the detector's sequence: one pass capturing that layer's patterns alone,
+    with no logits but the last position's (the view draws none); the same numbers as detector_view's."""
+    ids, _ = detector_sequence(model, source, text, n_tokens, seed)
+    name = f"blocks.{layer}.attn.hook_pattern"
+    _, cache = model.run_with_cache(ids, names=[name], last_only=True)
+    patterns = cache[name]                                                                        # (nh, T, T)
+    scores = {k: float(v[head]) for k, v in circuits.head_scores(patterns, ids).items()}
+    return HeadView(to_numpy(patterns[head]), [token_text(i) for i in ids], scores)
 
 
 def parse_head(value, model: GPT2) -> tuple[int, int]:

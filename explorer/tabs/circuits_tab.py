@@ -6,7 +6,7 @@ import gradio as gr
 
 from ..components import Number
 from ..compute.circuits import (MAX_RANDOM_TOKENS, RANDOM, SOURCES, best_heads, detector_view,
-                                head_choices, parse_head, patching_view)
+                                head_choices, head_view, parse_head, patching_view)
 from ..context import AppContext
 from ..errors import handle
 from ..scheduling import step_aside
@@ -93,10 +93,10 @@ def build(ctx: AppContext) -> None:
         mlp_plot = gr.Plot(label="MLP output", elem_id="circuits-mlp")
     heads_plot = gr.Plot(label="Each head's output", elem_id="circuits-heads")
 
-    def pattern_figure(view, layer, h):
-        return attention_heatmap(view.patterns[layer, h], view.tokens,
-                                 f"Head {layer}.{h}: induction {view.scores['induction'][layer, h]:.2f}, "
-                                 f"previous-token {view.scores['previous_token'][layer, h]:.2f}")
+    def pattern_figure(pattern, tokens, scores, layer, h):
+        """``scores``: kind -> this head's score."""
+        return attention_heatmap(pattern, tokens, f"Head {layer}.{h}: induction {scores['induction']:.2f}, "
+                                                  f"previous-token {scores['previous_token']:.2f}")
 
     @handle
     def show_detector(source_v, text, n_v, seed_v, model_name, user_models):
@@ -109,13 +109,16 @@ def build(ctx: AppContext) -> None:
                                 "Next-token loss along the sequence" + (" (random tokens, then the same again)"
                                                                        if view.repeat_from else ""))
         menu = gr.update(choices=head_choices(model), value=f"{layer}.{h}")
-        return (view.summary, line, *figs, menu, pattern_figure(view, layer, h))
+        head_scores = {k: float(v[layer, h]) for k, v in view.scores.items()}
+        return (view.summary, line, *figs, menu, pattern_figure(view.patterns[layer, h], view.tokens, head_scores,
+                                                                layer, h))
 
     @handle
     def show_head(head_v, source_v, text, n_v, seed_v, model_name, user_models):
         model = ctx.model(model_name, user_models).model
         layer, h = parse_head(head_v, model)
-        return pattern_figure(detector_view(model, source_v, text, n_v, seed_v), layer, h)
+        view = head_view(model, source_v, text, n_v, seed_v, layer, h)
+        return pattern_figure(view.pattern, view.tokens, view.scores, layer, h)
 
     @handle
     def show_patching(clean_v, corrupt_v, answer_v, wrong_v, model_name, user_models, progress=gr.Progress()):
