@@ -117,15 +117,16 @@ def test_an_example_shows_a_difference(registry, model):
     assert len({t for t, _ in changed}) >= 2, changed
 
 
-def test_status_line():
+def test_status_line(monkeypatch):
+    monkeypatch.delenv("GPT2_BF16", raising=False)                  # auto: emulated where there are no units
     rep = core.ErrorReport("bf16", 7, 0.1234, 6 / 7, 0.00321, (1, 2, 3, 0), np.zeros(7), np.ones(7, bool))
     slow = status_markdown(rep, "bf16", "this prompt", (False, "no AMX here"))
     assert "max |Δ logit| **0.123**" in slow and "top-1 agreement **85.7%**" in slow
     assert "max |Δ attention weight| **0.00321**" in slow and "(7 tokens)" in slow
-    assert "won't be faster here" in slow and "no AMX here" in slow
+    assert "No bf16 units: operands rounded to bf16, multiplied in fp32" in slow and "no AMX here" in slow
     fast = status_markdown(rep, "bf16", "this prompt", (True, "AMX-BF16 found"))
-    assert "won't be faster" not in fast and "AMX-BF16 found" in fast
-    assert "won't be faster" not in status_markdown(rep, "bf16", "this prompt", None)   # not a CPU
+    assert "operands rounded" not in fast and "AMX-BF16 found" in fast
+    assert "operands rounded" not in status_markdown(rep, "bf16", "this prompt", None)   # not a CPU
 
 
 # ---- endpoint ------------------------------------------------------------------------------------
@@ -259,7 +260,9 @@ def test_bf16_status_shows_the_error_on_the_prompt(bf16_app, registry):
     assert f"top-1 agreement **{rep.top1_agreement:.1%}**" in shown
     assert f"max |Δ attention weight| **{rep.max_attention_delta:#.3g}**" in shown
     has_units, reason = backend.bf16_units()
-    assert reason in shown and (("won't be faster" in shown) != has_units)
+    assert reason in shown and (("No bf16 units" in shown) != has_units)
+    # what is done here: operands rounded to bf16 and multiplied in fp32 where there are no bf16 units
+    assert ("operands rounded to bf16, multiplied in fp32" in shown) == backend.bf16_emulated()
     empty = client.predict("", bf16_registry.default, api_name="/precision_status")
     assert "on the default prompt" in empty
     with pytest.raises(Exception, match="Unknown model"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpt2core.analysis import precision as core
+from gpt2core.kernels import backend
 from gpt2core.text.tokenizer import printable, token_bytes
 
 from ..inputs import Prompt
@@ -111,13 +112,23 @@ def summary_markdown(view: PrecisionView) -> str:
 
 def status_markdown(report: core.ErrorReport, precision: str, what: str, units: tuple[bool, str] | None) -> str:
     """The status line of a model served in ``precision``: its error against fp32 on ``what`` (a phrase
-    naming the prompt), and, where the CPU has no bf16 units, that the mode won't be faster."""
+    naming the prompt), and, in bf16 on the CPU (``units``: gpt2core.kernels.backend.bf16_units()), how
+    the products are computed there: by bf16 units, or, without them, with the operands rounded to bf16
+    and multiplied in fp32 (GPT2_BF16 can force either)."""
     text = (f"**Precision:** {precision} matrix products (LayerNorm, softmax, GELU and the residual stream "
             f"stay fp32). Against fp32 on {what} ({report.n_tokens} tokens): max |Δ logit| "
             f"**{report.max_logit_delta:#.3g}**, top-1 agreement **{report.top1_agreement:.1%}**, "
             f"max |Δ attention weight| **{report.max_attention_delta:#.3g}**.")
     if units is not None and precision == "bf16":
         has_units, reason = units
-        text += (f" ⚡ {reason}" if has_units else f" ⚠️ This CPU has no bf16 matrix units, so bf16 won't be "
-                                                   f"faster here, only less exact: {reason}")
+        emulated = backend.bf16_emulated_with(has_units)
+        if emulated:
+            how = ("No bf16 units: operands rounded to bf16, multiplied in fp32" if not has_units else
+                   "GPT2_BF16=emulate: operands rounded to bf16, multiplied in fp32")
+            text += f" ⚙️ **{how}**: {reason}."
+        elif has_units:
+            text += f" ⚡ {reason}."
+        else:
+            text += (" ⚠️ **No bf16 units: torch emulates them, slower than fp32** (GPT2_BF16=native): "
+                     f"{reason}.")
     return text

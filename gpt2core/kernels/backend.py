@@ -14,7 +14,10 @@ Face's attention registry puts its kernels behind one name. This module owns eve
   reduced precisions read.
 - **the precision** of the matrix products, per request (``with backend.precision("bf16"):``) or per
   model (``model.precision``): fp32 (exact, the default), bf16, fp16 or int8. LayerNorm, softmax,
-  GELU and the residual stream stay fp32 in every mode, so every hook sees float32 tensors.
+  GELU and the residual stream stay fp32 in every mode, so every hook sees float32 tensors. On a CPU
+  without bf16 matrix units, where torch's bf16 products are emulated several times slower than fp32,
+  a bf16 product is computed as such a unit computes it: the operands rounded to bf16, multiplied and
+  accumulated in fp32 (``GPT2_BF16=auto``, the default; ``native`` or ``emulate`` force one way).
 
 Only inference goes through the native kernels: with autograd recording (training) every op is the
 reference, which has a backward pass.
@@ -79,16 +82,61 @@ def current_precision() -> str:
     return _PRECISION.get() or "fp32"
 
 
-def bf16_units() -> tuple[bool, str]:
-    """Whether this CPU has bf16 matrix units, which make the bf16 mode faster, and a sentence saying so."""
+BF16_MODES = ("auto", "native", "emulate")
+
+
+@functools.lru_cache(maxsize=1)
+def _bf16_unit_names() -> tuple[str, ...]:
+    """The bf16 matrix units this CPU's flags name (read once: /proc/cpuinfo does not change)."""
     flags = set(native.cpu_signature().split())
-    units = [name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
+    return tuple(name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags)
+
+
+def bf16_setting() -> str:
+    """What GPT2_BF16 asks for the bf16 products: "auto" (the default: emulated where the CPU has no bf16
+    units), "native" (torch's bf16 kernels) or "emulate" (operands rounded to bf16, multiplied in fp32)."""
+    raw = os.environ.get("GPT2_BF16", "auto").strip().lower() or "auto"
+    if raw not in BF16_MODES:
+        raise ValueError(f"GPT2_BF16: {raw!r} is not one of {', '.join(BF16_MODES)}")
+    return raw
+
+
+def bf16_emulated_with(has_units: bool) -> bool:
+    """Whether bf16 products on a CPU with (``has_units``) or without bf16 units are emulated, as GPT2_BF16 says."""
+    mode = bf16_setting()
+    return mode == "emulate" or (mode == "auto" and not has_units)
+
+
+def bf16_emulated(device: torch.device | str | None = None) -> bool:
+    """Whether bf16 products on ``device`` (the CPU when None) are emulated: operands rounded to bf16 and
+    multiplied in fp32. In auto mode only a CPU without bf16 units emulates (a GPU multiplies bf16 itself)."""
+    if bf16_setting() == "auto" and device is not None and torch.device(device).type != "cpu":
+        return False
+    return bf16_emulated_with(bool(_bf16_unit_names()))
+
+
+_EMULATED = ("each bf16 product has its operands rounded to bf16 (round to nearest even) and is multiplied and "
+             "accumulated in fp32, as a bf16 unit computes it, so the results are bf16's, not fp32's, at about "
+             "fp32's speed")
+
+
+def bf16_units() -> tuple[bool, str]:
+    """Whether this CPU has bf16 matrix units, and a sentence saying so and how the bf16 mode computes here
+    (GPT2_BF16: on a CPU without them, the products are emulated in fp32 unless it says "native")."""
+    units = _bf16_unit_names()
     if units:
+        if bf16_emulated_with(True):
+            return True, (f"this CPU has bf16 matrix units ({', '.join(units)}), but GPT2_BF16=emulate: "
+                          f"{_EMULATED}")
         return True, (f"this CPU has bf16 matrix units ({', '.join(units)}): on matrices the size of GPT-2 124M's, "
                       f"bf16 products run faster than fp32 ones (python -m bench bf16 measures it); on a small "
                       f"model, converting to bf16 and back costs more than it saves")
-    return False, ("this CPU has no bf16 matrix units (neither AMX-BF16 nor AVX512-BF16): bf16 products are "
-                   "converted to fp32 to be multiplied, so the bf16 mode is not faster here, only less exact")
+    if bf16_emulated_with(False):
+        return False, ("this CPU has no bf16 matrix units (neither AMX-BF16 nor AVX512-BF16): "
+                       f"{_EMULATED}; the bf16 mode is not faster here, only less exact")
+    return False, ("this CPU has no bf16 matrix units (neither AMX-BF16 nor AVX512-BF16), and GPT2_BF16=native "
+                   "has torch multiply in bf16 anyway, emulating the units in software several times slower "
+                   "than fp32 (GPT2_BF16=auto rounds the operands to bf16 and multiplies in fp32 instead)")
 
 
 # ---- the per-op choice -----------------------------------------------------------------------------
@@ -326,8 +374,11 @@ def _bf16_weight(module) -> tuple[str, torch.Tensor]:
 
 
 def _bf16_linear(module, x: torch.Tensor) -> torch.Tensor:
-    """Input and weight rounded to bfloat16, multiplied by torch (oneDNN, accumulating in fp32), the
-    output rounded to bfloat16 and returned as fp32."""
+    """Input and weight rounded to bfloat16, multiplied by torch (oneDNN, accumulating in fp32), the bias
+    (rounded to bfloat16) added in fp32, the output rounded to bfloat16 and returned as fp32. Where
+    bf16_emulated() says so (a CPU without bf16 units), _bf16_emulated_linear computes the same in fp32."""
+    if bf16_emulated(x.device):
+        return _bf16_emulated_linear(module, x)
     layout, w = packed(module.weight, "bf16", lambda: _bf16_weight(module))
     b = None if module.bias is None else packed(module.bias, "bf16", lambda: module.bias.detach().to(torch.bfloat16))
     x2 = x.reshape(-1, module.in_features).to(torch.bfloat16)                     # (N, in)
@@ -336,6 +387,36 @@ def _bf16_linear(module, x: torch.Tensor) -> torch.Tensor:
     else:
         y = F.linear(x2, w, b)                                                     # (N, out)
     return y.float().view(*x.shape[:-1], module.out_features)
+
+
+def _bf16_rounded(t: torch.Tensor) -> torch.Tensor:
+    """t rounded to bfloat16 (round to nearest even) and held as float32: every value a bf16 one."""
+    return t.detach().to(torch.bfloat16).float()
+
+
+def _bf16_emulated_linear(module, x: torch.Tensor) -> torch.Tensor:
+    """What a bf16 unit computes, on a CPU without one: input, weight and bias rounded to bfloat16, the
+    products accumulated in fp32 by the fp32 product (the C kernel or torch, as the backend chose for this
+    shape in fp32), the bias added in fp32 and the output rounded to bfloat16, as _bf16_linear does. The
+    rounded weight (fp32, (in, out)) is made once per version of the weight; this costs about an fp32
+    product plus the rounding of the input and output."""
+    w = packed(module.weight, "bf16-emulated", lambda: _bf16_rounded(module.weight.t()).contiguous())   # (in, out)
+    b = None if module.bias is None else packed(module.bias, "bf16-emulated", lambda: _bf16_rounded(module.bias))
+    x2 = _bf16_rounded(x.reshape(-1, module.in_features))                         # (N, in)
+    run_torch = lambda: x2 @ w if b is None else torch.addmm(b, x2, w)             # noqa: E731
+    if native.ready(x2, w, b):
+        rows = x2.shape[0]
+        if rows == 1:   # one row reads w in place: no pack
+            run_native = lambda: native.matvec(x2[0], w, b).unsqueeze(0)          # noqa: E731
+        else:
+            run_native = lambda: native.linear(x2, w, b, packed=packed(           # noqa: E731
+                module.weight, "bf16-emulated-native", lambda: native.pack(w)))
+        shape = f"{module.in_features}x{module.out_features}:rows{size_class(rows)}"   # fp32's shape class
+        y = run_native() if choose("linear", shape, run_native, run_torch) == "native" else run_torch()
+    else:
+        y = run_torch()                                                           # (N, out)
+    y.copy_(y.to(torch.bfloat16))   # rounded in place: y is this call's own (one fp32 pass less than a copy)
+    return y.view(*x.shape[:-1], module.out_features)
 
 
 def _fp16_linear(module, x: torch.Tensor) -> torch.Tensor:
