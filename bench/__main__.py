@@ -163,10 +163,14 @@ def bench_forward(pair: Pair, runs: int, lengths=(16, 64, 256)) -> list[str]:
 
 def bench_bf16(pair: Pair, runs: int, lengths=(64, 256)) -> list[str]:
     """The opt-in bf16 mode (gpt2core.kernels.backend.precision): our full capture with bf16 products against HF's
-    fp32 eager forward (the issue's reference) and HF cast to bf16, and its error against our fp32 capture."""
+    fp32 eager forward (the issue's reference) and HF cast to bf16, and its error against our fp32 capture; and
+    the other way of computing bf16 here (GPT2_BF16: torch's bf16 kernels, or the operands rounded to bf16 and
+    multiplied in fp32, what a CPU without bf16 units runs) against our fp32."""
     from gpt2core.kernels import backend
 
     has_units, why = backend.bf16_units()
+    served = "emulated: operands rounded to bf16, multiplied in fp32" if backend.bf16_emulated() else "torch's bf16"
+    other = "native" if backend.bf16_emulated() else "emulate"
     lines = [f"bf16: {why}"]
     hf16 = __import__("copy").deepcopy(pair.hf).to(torch.bfloat16)
     for n in lengths:
@@ -176,22 +180,37 @@ def bench_bf16(pair: Pair, runs: int, lengths=(64, 256)) -> list[str]:
             with torch.no_grad():
                 model(ids, output_attentions=True, output_hidden_states=True)
 
-        def ours_bf16():
-            with backend.precision("bf16"):
-                return pair.ours.run_with_cache(ids)
+        def ours_bf16(mode=None):
+            before = os.environ.get("GPT2_BF16")
+            if mode is not None:
+                os.environ["GPT2_BF16"] = mode
+            try:
+                with backend.precision("bf16"):
+                    return pair.ours.run_with_cache(ids)
+            finally:
+                if before is None:
+                    os.environ.pop("GPT2_BF16", None)
+                else:
+                    os.environ["GPT2_BF16"] = before
+
+        def errors(low, low_cache):
+            d_attn = max((low_cache[k] - ref_cache[k]).abs().max().item() for k in ref_cache if k.endswith("hook_pattern"))
+            agree = (low.argmax(-1) == ref.argmax(-1)).float().mean().item()
+            return (f"error against fp32: max |dlogit| {(low - ref).abs().max().item():.3g}, "
+                    f"top-1 agreement {agree:.1%}, max |dattention| {d_attn:.3g}")
 
         raw = interleaved({"hf": lambda: hf(pair.hf), "bf16": ours_bf16, "hf_bf16": lambda: hf(hf16),
-                           "fp32": lambda: pair.ours.run_with_cache(ids)}, runs, raw=True)
+                           "fp32": lambda: pair.ours.run_with_cache(ids), "other": lambda: ours_bf16(other)},
+                          runs, raw=True)
         t = {k: statistics.median(v) for k, v in raw.items()}
-        (ref, ref_cache), (low, low_cache) = pair.ours.run_with_cache(ids), ours_bf16()
-        d_attn = max((low_cache[k] - ref_cache[k]).abs().max().item() for k in ref_cache if k.endswith("hook_pattern"))
-        agree = (low.argmax(-1) == ref.argmax(-1)).float().mean().item()
-        lines.append(f"bf16 full capture, {n} tokens, all logits: ours {t['bf16'] * 1e3:.1f} ms -> "
+        ref, ref_cache = pair.ours.run_with_cache(ids)
+        lines.append(f"bf16 full capture ({served}), {n} tokens, all logits: ours {t['bf16'] * 1e3:.1f} ms -> "
                      f"{1 / paired_ratio(raw, 'bf16', 'hf'):.2f}x faster than HF fp32 eager ({t['hf'] * 1e3:.1f} ms; "
                      f"target >= 2.5x at 256 where there are bf16 units), {1 / paired_ratio(raw, 'bf16', 'hf_bf16'):.2f}x "
                      f"HF in bf16 ({t['hf_bf16'] * 1e3:.1f} ms), {1 / paired_ratio(raw, 'bf16', 'fp32'):.2f}x our fp32 "
-                     f"({t['fp32'] * 1e3:.1f} ms); error against fp32: max |dlogit| {(low - ref).abs().max().item():.3g}, "
-                     f"top-1 agreement {agree:.1%}, max |dattention| {d_attn:.3g}")
+                     f"({t['fp32'] * 1e3:.1f} ms); {errors(*ours_bf16())}")
+        lines.append(f"  with GPT2_BF16={other}: {t['other'] * 1e3:.1f} ms, {paired_ratio(raw, 'other', 'fp32'):.2f}x "
+                     f"our fp32's time (target <= 1 where it emulates); {errors(*ours_bf16(other))}")
     return lines
 
 
