@@ -2,6 +2,7 @@ import json
 import math
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 import torch
 import torch.nn.functional as F
@@ -167,6 +168,15 @@ def test_head_grid_blows_up_short_prompts():
     _, _, _, tile = _tile(fig, 1, 1, 2, 3 * k)
     want = np.where(future_mask(3), _MASKED_CODE, np.rint(pooled[1, 1] * 100))
     np.testing.assert_array_equal(tile, want.repeat(k, 0).repeat(k, 1))
+
+
+@pytest.mark.parametrize("T,selected", [(3, None), (20, (1, 2)), (128, (0, 0))])
+def test_head_grid_passes_plotlys_validation(T, selected):
+    """head_grid skips plotly's validation for speed: everything it makes must pass it, unchanged."""
+    pooled, step = pool_patterns(random_patterns(3, 4, T), GRID_MAX_CELLS)
+    fig = head_grid(pooled, step, selected=selected)
+    checked = go.Figure(fig.to_dict())                       # validated: raises on any invalid property
+    assert json.loads(checked.to_json()) == json.loads(fig.to_json())
 
 
 @pytest.mark.parametrize("T", [64, 128])
