@@ -255,7 +255,10 @@ def test_int8_is_pytorchs_dynamic_quantisation():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_bf16_products_are_bfloat16_products(bias):
+def test_bf16_products_are_bfloat16_products(bias, monkeypatch):
+    """torch's bf16 products (GPT2_BF16=native; the emulation of a CPU without bf16 units, which leaves the
+    output in fp32: tests/test_bf16_emulation.py)."""
+    monkeypatch.setenv("GPT2_BF16", "native")
     lin = Linear(64, 48, bias=bias).eval()
     with torch.no_grad():
         lin.weight.normal_()

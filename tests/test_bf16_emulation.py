@@ -42,13 +42,11 @@ def bf16_ulp(x: float) -> float:
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
-def test_emulated_model_agrees_with_real_bf16_far_closer_than_with_fp32(monkeypatch, kernels):
-    """Both runs round the same operands to bf16, accumulate in fp32 and round each output to bf16: only the
-    order of the fp32 sums differs, which now and then moves an output across a bf16 rounding boundary
-    (one bf16 step). So on this small model nearly every logit is bit-equal, the largest difference is a
-    step or two of the logits' bf16 spacing, and on average they are far closer to each other than either
-    is to fp32. (On a deep model the rare flips spread through the layers: on GPT-2 124M the two bf16 runs
-    end up about as far apart as each is from fp32, as two bf16 units with different summation orders would.)"""
+def test_emulated_model_is_within_bf16s_tolerance_of_real_bf16(monkeypatch, kernels):
+    """Both runs round the same operands to bf16 and accumulate in fp32; the real path (torch, oneDNN) also
+    rounds each output to bf16, the emulation leaves it in fp32 (within half a bf16 step). So the two differ by
+    about one bf16 step of the logits at most, and on average by less than bf16 differs from fp32 (measured on
+    this model: 1.0 step; 0.81 of bf16's mean error; attention 0.96 of bf16's largest error)."""
     monkeypatch.setenv("GPT2_KERNELS", kernels)
     model = perturbed(get_config("tiny", n_embd=128, n_head=4, n_layer=4))
     ref, ref_pat = run(model, "fp32")
@@ -57,22 +55,20 @@ def test_emulated_model_agrees_with_real_bf16_far_closer_than_with_fp32(monkeypa
     assert emu.dtype == torch.float32 and emu_pat.dtype == torch.float32
     d_real, d_emu = (real - ref).abs(), (emu - real).abs()
     assert d_real.max() > 0 and not torch.equal(emu, ref)          # both are bf16 runs, not fp32's
-    assert (emu == real).float().mean() > 0.98
     assert d_emu.max() <= 2 * bf16_ulp(real.abs().max().item())
-    assert d_emu.mean() < 0.05 * d_real.mean()
+    assert d_emu.mean() < d_real.mean()
+    assert (emu - ref).abs().mean() < d_real.mean()                # no further from fp32 than bf16 is
     a_real, a_emu = (real_pat - ref_pat).abs(), (emu_pat - real_pat).abs()
     assert a_real.max() > 0
-    assert a_emu.max() <= 0.25 * a_real.max() and a_emu.mean() <= 0.05 * a_real.mean()
-    # the emulation's own error against fp32 is bf16's size (the existing bf16 bounds, test_backend.py)
-    assert 0 < (emu - ref).abs().max() < 0.5 * ref.abs().max()
+    assert a_emu.max() <= 1.5 * a_real.max() and a_emu.mean() <= a_real.mean()
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("rows", [1, 7])
 def test_emulated_product_is_the_rounded_operands_product(monkeypatch, kernels, bias, rows, emulated_calls):
-    """y = round_bf16(bf16(x) @ bf16(W)^T + bf16(b)), the bias added in fp32 before the output is rounded,
-    as the real bf16 path (oneDNN) does: equal to that reference up to fp32's rounding of the sums."""
+    """y = bf16(x) @ bf16(W)^T + bf16(b) in fp32: equal to that reference up to fp32's rounding of the sums,
+    and within half a bf16 step of the real bf16 path (oneDNN), which rounds the output."""
     monkeypatch.setenv("GPT2_KERNELS", kernels)
     monkeypatch.setenv("GPT2_BF16", "emulate")
     torch.manual_seed(1)
@@ -85,21 +81,20 @@ def test_emulated_product_is_the_rounded_operands_product(monkeypatch, kernels, 
     with torch.no_grad(), backend.precision("bf16"):
         y = lin(x)
     assert len(emulated_calls) == 1
-    assert y.dtype == torch.float32 and torch.equal(y, y.bfloat16().float())        # a bf16 result
+    assert y.dtype == torch.float32
     xr, wr = x.bfloat16().float(), lin.weight.detach().bfloat16().float()
     br = lin.bias.detach().bfloat16().float() if bias else torch.zeros(80)
     ref = xr @ wr.t() + br                                                          # fp32
-    # fp32 sums in another order differ by at most K * 2^-24 * sum|terms|; rounding that to bf16 moves it by
-    # at most half a bf16 step, 2^-8 of its size
+    # fp32 sums in another order differ by at most K * 2^-24 * sum|terms|
     sums = 96 * 2.0 ** -24 * (xr.abs() @ wr.abs().t() + br.abs())
-    assert ((y - ref).abs() <= 2.0 ** -8 * (ref.abs() + sums) + sums).all()
-    assert (y == ref.bfloat16().float()).float().mean() > 0.98
+    assert ((y - ref).abs() <= sums).all()
     with torch.no_grad():
         fp32 = lin(x)
         real = torch.nn.functional.linear(x.bfloat16(), lin.weight.detach().bfloat16(),
                                           lin.bias.detach().bfloat16() if bias else None).float()
     assert not torch.equal(y, fp32)                                  # the operands were rounded
-    assert (y == real).float().mean() > 0.98 and ((y - real).abs() <= 2.0 ** -7 * real.abs()).all()
+    # the real path rounds the same sum to bf16: at most half a bf16 step (2^-8 of its size) away
+    assert ((y - real).abs() <= 2.0 ** -8 * (y.abs() + sums) + sums).all()
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
@@ -118,7 +113,7 @@ def test_the_rounded_weight_is_made_once_per_version(monkeypatch, kernels):
         key = backend.pack_key(lin.weight, "bf16-emulated")
         second = lin(x)
         assert torch.equal(first, second) and backend.pack_key(lin.weight, "bf16-emulated") == key
-        # the weight and the bias once, then the input and output of each call
+        # the weight and the bias once, then the input of each call
         assert made.count((64, 48)) == 1 and made.count((48,)) == 1 and made.count((5, 64)) == 2
         lin.weight.mul_(2)                                          # an edit: the copy is remade
         third = lin(x)
