@@ -1,12 +1,15 @@
 """Walkthrough tab: compute, figures, and its endpoint through gradio_client."""
+import json
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
 import pytest
 import torch
 
 from explorer.compute.walkthrough import (block_choices, picture, residual_norms, step_markdown, walkthrough_run,
                                           write_log)
+from explorer.tabs.walkthrough_tab import _figure
 from explorer.figures.walkthrough import (MASK_GREY, head_rows, key_rows, logit_histogram, residual_norm_path,
                                           top_tokens, vector_strip)
 from explorer.inputs import prepare_prompt
@@ -126,6 +129,19 @@ def test_residual_norm_path_marks_the_expanded_block():
 
 
 # ---- endpoint --------------------------------------------------------------------------------
+
+def test_every_picture_passes_plotlys_validation(tiny, prompt):
+    """The pictures skip plotly's validation of the figure for speed: each kind, titled or not, and the residual
+    norm path, must pass it unchanged."""
+    tr = walkthrough_run(tiny, prompt.ids, 3)
+    figs = [_figure(picture(s, prompt.tokens)) for s in tr.steps]
+    norms, stages = residual_norms(tr)
+    figs += [vector_strip(np.arange(4.0), "a title"), residual_norm_path(stages, norms, expanded=1)]
+    assert {f.data[0].type for f in figs} == {"heatmap", "bar", "scatter"}
+    for fig in figs:
+        checked = go.Figure(fig.to_dict())                   # validated: raises on any invalid property
+        assert json.loads(checked.to_json()) == json.loads(fig.to_json())
+
 
 def test_endpoint_returns_every_step(client, registry):
     out = client.predict(TEXT, -1, 1, registry.default, api_name="/walkthrough_view")
