@@ -253,6 +253,17 @@ def test_hash_mismatch_is_an_error(monkeypatch, attr):
     assert encode("Hello, world!") == [15496, 11, 995, 0]
 
 
+def test_ranks_from_encoder_json_equal_tiktokens_from_the_merges(monkeypatch):
+    """get_encoding reads the ranks from encoder.json alone; tiktoken's own loader derives them from vocab.bpe's
+    merges and checks them against encoder.json. Both give the same table."""
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")      # read the files as they are, write nothing
+    theirs = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=tok._data_file("vocab.bpe"),
+                                             encoder_json_file=tok._data_file("encoder.json"))
+    ours = tok.mergeable_ranks(tok._data_file("encoder.json"))
+    assert len(ours) == 50256 and ours == theirs
+
+
 def test_encoding_rebuilds_with_correct_hashes(monkeypatch):
     monkeypatch.setattr(tok, "_encoding", None)
     enc = tok.get_encoding()
