@@ -1,4 +1,9 @@
-"""The GPT-2 Explorer web app (Gradio). Reads gpt2core; gpt2core never reads this package."""
+"""The GPT-2 Explorer web app (Gradio). Reads gpt2core; gpt2core never reads this package.
+
+``import explorer`` is light: ``build_app`` and ``build_registry`` (and with them torch, gradio and the tabs)
+are imported when first asked for, so the command line (explorer/cli.py) answers --help at once and times
+each import of its start-up (explorer/startup.py).
+"""
 import os
 
 # Offline by design: no usage analytics or version checks from gradio, no Hub calls unless asked.
@@ -11,21 +16,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import startup  # noqa: E402  (standard library only: the phase log, GPT2_EXPLORER_STARTUP_LOG=1)
 
 startup.mark("python")       # the interpreter is up and has reached the app
-
-from . import memory  # noqa: E402
-
-# Requests reuse freed activation memory instead of faulting in fresh pages each time, in a bounded number
-# of malloc arenas (explorer.memory; the app trims the freed pages every few seconds).
-memory.configure()
-startup.mark("import torch, gpt2core")
-
-import gradio  # noqa: E402,F401
-
-startup.mark("import gradio")
-
-from .app import build_app  # noqa: E402
-from .session import build_registry  # noqa: E402
-
-startup.mark("import explorer")
+# gradio re-derives its components' type stubs as it imports them (ast-parsing their sources), about half of
+# `import gradio`; a server has no use for them (explorer/startup.py). Before anything imports gradio.
+startup.skip_gradio_stub_writer()
 
 __all__ = ["build_app", "build_registry"]
+
+
+def __getattr__(name: str):
+    if name == "build_app":
+        from .app import build_app
+        return build_app
+    if name == "build_registry":
+        from .session import build_registry
+        return build_registry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,10 @@ from .inputs import MAX_VIEW_TOKENS, InputError, prepare_prompt
 from .session import HUB_NAME, HubDownload, ModelRegistry, device_label
 from .tabs import load_tabs
 
+# Requests reuse freed activation memory in a bounded number of malloc arenas (explorer.memory): set for any
+# process that builds the app, before its server's threads start (the command line sets it earlier still).
+memory.configure()
+
 DEFAULT_PROMPT = "To be, or not to be, that is the question:"
 DOWNLOAD_POLL_S = 1.0         # how often a page asks how far the background GPT-2 download is
 MAX_QUEUE = 64                # waiting events beyond this are refused with "queue full"
@@ -113,6 +117,9 @@ def wire_link(ctx: AppContext, tab_ids: list[str], presentation, copy_link, link
 def build_app(registry: ModelRegistry) -> gr.Blocks:
     default = registry.get(registry.default)
     with gr.Blocks(title="GPT-2 Explorer") as demo:
+        # The queue's settings first: queue() remakes gradio's app with the page's config, which costs
+        # nothing yet on an empty page (after the build it was one more pass over some 400 components).
+        demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=scheduling.VIEW_SLOTS)
         gr.Markdown(HEADER)
         if registry.startup_notice:
             gr.Markdown(f"ⓘ {registry.startup_notice}", elem_id="startup-notice", elem_classes="notice")
@@ -188,6 +195,4 @@ def build_app(registry: ModelRegistry) -> gr.Blocks:
     startup.mark("build: gradio's config and app")     # gr.Blocks' exit: the page's config, its routes
     scheduling.assign(demo)      # the views' shared queue, and one per kind of long work
     memory.start_trimming()      # freed pages go back to the OS every few seconds
-    demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=scheduling.VIEW_SLOTS)
-    startup.mark("build: queue")
     return demo

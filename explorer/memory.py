@@ -30,8 +30,16 @@ _lock = threading.Lock()
 TRACE_DIR = os.environ.get("GPT2_EXPLORER_TRACEMALLOC", "")
 
 
+_configured = False
+
+
 def configure() -> None:
-    """Process-wide allocator settings: call before the server's threads start (explorer's import does)."""
+    """Process-wide allocator settings: call before the server's threads start (explorer/cli.py does, and
+    importing explorer.app); once per process, later calls do nothing."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
     native.retain_freed_memory()
     if ARENAS > 0:
         native.limit_arenas(ARENAS)

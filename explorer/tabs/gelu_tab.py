@@ -41,11 +41,13 @@ def _check_bool(value, name: str) -> bool:
 
 def build(ctx: AppContext) -> None:
     gr.Markdown(EXPLANATION)
-    static = gelu_curves()
     with gr.Row():
         exact = gr.Checkbox(False, label="Also draw the exact GELU, x·Φ(x)", elem_id="gelu-exact")
-    curves_plot = gr.Plot(curves_figure(static), elem_id="gelu-curves", label="GELU and ReLU")
-    curves_md = gr.Markdown(curves_summary(static), elem_id="gelu-curves-summary")
+    # Drawn when the tab first opens (first_draw below), not while the app starts.
+    curves_plot = gr.Plot(elem_id="gelu-curves", label="GELU and ReLU")
+    curves_md = gr.Markdown(elem_id="gelu-curves-summary")
+    # Pressed by the page the first time the tab opens (ctx.url_state's redraw), and by a link to the tab.
+    first_draw = gr.Button("draw", elem_id="gelu-first-draw", elem_classes="url-hidden")
 
     @handle
     def curves(show_exact):
@@ -53,6 +55,7 @@ def build(ctx: AppContext) -> None:
         return curves_figure(c, _check_bool(show_exact, "show_exact")), curves_summary(c)
 
     exact.change(curves, [exact], [curves_plot, curves_md], api_name="gelu_curves")
+    first_draw.click(curves, [exact], [curves_plot, curves_md], api_visibility="private", show_progress="hidden")
 
     gr.Markdown("### GELU on your prompt")
     gr.Examples(EXAMPLES, inputs=[ctx.prompt], label="Example prompts")
@@ -91,7 +94,7 @@ def build(ctx: AppContext) -> None:
 
     inputs = [ctx.prompt, layer, log_y, *ctx.model_inputs]
     outputs = [notice, layer, summary, hist_plot, shares_plot, all_plot]
-    ctx.url_state(layer=layer, log=log_y, exact=exact)
+    ctx.url_state(layer=layer, log=log_y, exact=exact, redraw=first_draw)
     btn.click(view, inputs, outputs, api_name="gelu_view")
     gr.on(ctx.refresh_triggers, view, inputs, outputs, api_visibility="private")
     layer.submit(view, inputs, outputs, api_visibility="private")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from gpt2core.text import merges
-from gpt2core.text.tokenizer import printable
+from gpt2core.text.tokenizer import get_encoding, printable
 
 from ..components import Number, Slider
 from ..compute import merges as merge_compute
@@ -80,7 +80,9 @@ def build(ctx: AppContext) -> None:
     windows_md = gr.Markdown(elem_id="tokenizer-windows-info")
     windows_plot = gr.Plot(elem_id="tokenizer-windows", label="Training windows")
 
-    gr.Markdown(MERGES_EXPLANATION.format(n_merges=len(merges.merge_ranks())))
+    # Every token past the 256 single bytes (and <|endoftext|>) is one merge: 50,000, counted from the encoding
+    # the page needs anyway, not by reading vocab.bpe while the app starts (merges.merge_ranks does on first use).
+    gr.Markdown(MERGES_EXPLANATION.format(n_merges=get_encoding().n_vocab - 256 - 1))
     with gr.Row():
         # at most MAX_TOKENS chunks: the prompt is cut to that many tokens, and a chunk is at least one
         chunk_index = Number(-1, precision=0, minimum=-1, maximum=MAX_TOKENS - 1,

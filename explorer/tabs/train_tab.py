@@ -109,8 +109,9 @@ def build(ctx: AppContext) -> None:
             status = gr.Markdown(elem_id="train-status")
             use = gr.Button("Use this model", elem_id="train-use")
             use_status = gr.Markdown(elem_id="train-use-status")
-    # Until a run of its own, the curve shows how the bundled model was trained: never an empty frame.
-    curve = gr.Plot(bundled_run_curve(), label="Loss", elem_id="train-curve")
+    # Until a run of its own, the curve shows how the bundled model was trained: never an empty frame. Drawn
+    # when the tab first opens (draw_first below), not while the app starts.
+    curve = gr.Plot(label="Loss", elem_id="train-curve")
     samples = gr.Textbox(label="Samples at each evaluation", lines=8, max_lines=20, interactive=False,
                          elem_id="train-samples")
 
@@ -243,9 +244,11 @@ def build(ctx: AppContext) -> None:
                 c_go = gr.Button("Classify", elem_id="classify-go")
                 c_note = gr.Markdown(elem_id="classify-note")
             with gr.Column(scale=3):
-                first = _classify_figures(None, c_examples[0], c_body.n_layer - 1, 0, with_note=False)
-                c_probs = gr.Plot(first[0], label="Class probabilities", elem_id="classify-probs")
-                c_attn = gr.Plot(first[1], label="The last token's attention", elem_id="classify-attention")
+                # The example line's figures: drawn when the tab first opens (draw_first below).
+                c_probs = gr.Plot(label="Class probabilities", elem_id="classify-probs")
+                c_attn = gr.Plot(label="The last token's attention", elem_id="classify-attention")
+    # Pressed by the page the first time the tab opens (ctx.url_state's redraw), and by a link to the tab.
+    first_draw = gr.Button("draw", elem_id="train-first-draw", elem_classes="url-hidden")
 
     @handle
     def classify_train(start, n_steps, state):
@@ -277,6 +280,18 @@ def build(ctx: AppContext) -> None:
         last token looks in one head."""
         probs, attn, note = _classify_figures(state, text, layer_v, head_v)
         return probs, attn, note
+
+    @handle
+    def draw_first(trained_state, text, layer_v, head_v, state):
+        """The tab's first opening: the bundled run's loss curve (unless this session trained already) and
+        the line's genre figures, without the held-out accuracy (as the line's own Classify gives it)."""
+        fig = bundled_run_curve() if trained_state is None else gr.update()
+        probs, attn, _ = _classify_figures(state, text, layer_v, head_v, with_note=False)
+        return fig, probs, attn
+
+    first_draw.click(draw_first, [trained, c_text, c_layer, c_head, c_state], [curve, c_probs, c_attn],
+                     api_visibility="private", show_progress="hidden")
+    ctx.url_state(redraw=first_draw)
 
     c_training = c_run.click(classify_train, [c_start, c_steps, c_state], [c_curve, c_status, c_state],
                              api_name="classify_train")
