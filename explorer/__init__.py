@@ -16,9 +16,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import startup  # noqa: E402  (standard library only: the phase log, GPT2_EXPLORER_STARTUP_LOG=1)
 
 startup.mark("python")       # the interpreter is up and has reached the app
-# gradio re-derives its components' type stubs as it imports them (ast-parsing their sources), about half of
-# `import gradio`; a server has no use for them (explorer/startup.py). Before anything imports gradio.
-startup.skip_gradio_stub_writer()
+# gradio re-derives its components' type stubs as it imports them (ast-parsing their sources) and compiles
+# each event's docstring as a Jinja template: 60% of `import gradio`, which a server has no use for
+# (explorer/startup.py). Before anything imports gradio.
+startup.lighten_gradio_import()
 
 __all__ = ["build_app", "build_registry"]
 

@@ -1,4 +1,4 @@
-"""The app's start-up: a log of its phases, gradio's import without its stub writer, the GC held back.
+"""The app's start-up: a log of its phases, a lighter import of gradio, the GC held back.
 
 **The phase log.** With ``GPT2_EXPLORER_STARTUP_LOG=1`` the app prints one line to stderr as each phase of
 its start ends, ``[startup] {"phase": ..., "at": <time.time()>, "since_start": <s>, "took": <s>}``:
@@ -6,13 +6,17 @@ its start ends, ``[startup] {"phase": ..., "at": <time.time()>, "since_start": <
 before. ``python -m bench coldstart`` (bench/coldstart.py) reads them. Without the variable ``mark`` does
 nothing but note the time. Standard library only: it runs before torch and gradio are imported.
 
-**gradio's stub writer.** Each gradio component class, as it is created, has gradio re-derive its type stub
-(``gradio.component_meta.create_or_modify_pyi``): it reads the class's source file, parses it and the
-``.pyi`` beside it with ``ast`` and rewrites the stub if it differs. It is a tool for gradio's developers;
-for a server it is about half of ``import gradio`` (1.2 s of 2.7 s on an AMD EPYC Zen 4, more on a slower
-CPU) and writes ``explorer/components.pyi`` beside our own components. ``skip_gradio_stub_writer()``, called
-before gradio is imported, replaces that one function with one that does nothing; every component, event
-and page is the same. ``GPT2_EXPLORER_GRADIO_STUBS=1`` keeps gradio's behaviour.
+**gradio's import, lightened** (``lighten_gradio_import``, before gradio is imported). As gradio creates each
+component class it (1) re-derives the class's type stub (``gradio.component_meta.create_or_modify_pyi``:
+it reads the class's source file, parses it and the ``.pyi`` beside it with ``ast`` and rewrites the stub if
+it differs), and (2) fills the component's name into each event's docstring by compiling the docstring as
+a Jinja template (``gradio.events.EventListener.set_doc``, some 200 compiles). The stubs are a tool for
+gradio's developers (and wrote ``explorer/components.pyi`` beside our own components); the docstrings are
+read by ``help()``. The first was about half of ``import gradio`` (1.2 s of 2.7 s on an AMD EPYC Zen 4),
+the second about 0.2 s more. Here the stub writer does nothing and the docstrings get the name by plain
+replacement (the same text, tests/test_startup.py compares it with Jinja's for every event of every
+component; a docstring with other Jinja still goes to Jinja). Components, events and pages are gradio's
+own. ``GPT2_EXPLORER_GRADIO_AS_IS=1`` imports gradio untouched.
 
 **The garbage collector** (``hold_gc``, ``release_gc``): off from the command line's start until the server
 is up, then everything start-up made is frozen out of later collections (explorer/cli.py).
@@ -77,15 +81,18 @@ def release_gc() -> None:
     gc.enable()
 
 
-class _StubWriterSkipper(importlib.abc.MetaPathFinder):
-    """Finds gradio.component_meta as usual and, once it has run, replaces its stub writer with a no-op."""
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds the modules in ``fixes`` as usual and, once one has run, calls its fix on it (then forgets it)."""
 
-    NAME = "gradio.component_meta"
+    def __init__(self, fixes: dict):
+        self.fixes = dict(fixes)
 
     def find_spec(self, name, path, target=None):
-        if name != self.NAME:
+        fix = self.fixes.pop(name, None)
+        if fix is None:
             return None
-        _remove_finder(self)
+        if not self.fixes:
+            _remove_finder(self)
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
@@ -93,9 +100,7 @@ class _StubWriterSkipper(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             run(module)
-            if callable(getattr(module, "create_or_modify_pyi", None)):
-                module.create_or_modify_pyi = _no_stub
-                module._explorer_skipped_stub_writer = True   # tests/test_startup.py reads it
+            fix(module)
 
         spec.loader.exec_module = exec_module
         return spec
@@ -105,6 +110,41 @@ def _no_stub(component_class, class_name, events) -> None:
     """gradio's create_or_modify_pyi, skipped: the stubs are for gradio's developers, not a server."""
 
 
+def _skip_stub_writer(component_meta) -> None:
+    if callable(getattr(component_meta, "create_or_modify_pyi", None)):
+        component_meta.create_or_modify_pyi = _no_stub
+        component_meta._explorer_skipped_stub_writer = True   # tests/test_startup.py reads it
+
+
+JINJA_NAME = "{{ component }}"
+
+
+def _plain_set_doc(jinja_set_doc):
+    """EventListener.set_doc without a Jinja compile where the docstring's only Jinja is ``{{ component }}``:
+    the same text Jinja renders (which also drops one trailing newline); any other Jinja goes to Jinja."""
+    def set_doc(self, component: str):
+        doc = self.listener.__doc__
+        if not doc:
+            return None
+        if any(mark in doc.replace(JINJA_NAME, "") for mark in ("{{", "{%", "{#")) or "\r" in doc:
+            return jinja_set_doc(self, component)
+        doc = doc.replace(JINJA_NAME, component)
+        self.listener.__doc__ = doc[:-1] if doc.endswith("\n") else doc
+        return None
+
+    set_doc.jinja_set_doc = jinja_set_doc    # tests/test_startup.py renders both ways
+    return set_doc
+
+
+def _plain_event_docs(events) -> None:
+    listener = getattr(events, "EventListener", None)
+    if listener is not None and callable(getattr(listener, "set_doc", None)):
+        listener.set_doc = _plain_set_doc(listener.set_doc)
+
+
+GRADIO_FIXES = {"gradio.component_meta": _skip_stub_writer, "gradio.events": _plain_event_docs}
+
+
 def _remove_finder(finder) -> None:
     try:
         sys.meta_path.remove(finder)
@@ -112,13 +152,14 @@ def _remove_finder(finder) -> None:
         pass
 
 
-def skip_gradio_stub_writer() -> bool:
-    """Before ``import gradio``: make its component classes skip the stub writer. False (and nothing done)
-    when gradio is already imported or GPT2_EXPLORER_GRADIO_STUBS=1."""
-    if os.environ.get("GPT2_EXPLORER_GRADIO_STUBS", "").strip().lower() in ("1", "true", "yes", "on"):
+def lighten_gradio_import() -> bool:
+    """Before ``import gradio``: its component classes skip the stub writer and its event docstrings are
+    filled in without Jinja. False (and nothing done) when gradio is already imported, or with
+    GPT2_EXPLORER_GRADIO_AS_IS=1."""
+    if os.environ.get("GPT2_EXPLORER_GRADIO_AS_IS", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
-    if _StubWriterSkipper.NAME in sys.modules:
+    if any(name in sys.modules for name in GRADIO_FIXES):
         return False
-    if not any(isinstance(f, _StubWriterSkipper) for f in sys.meta_path):
-        sys.meta_path.insert(0, _StubWriterSkipper())
+    if not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(GRADIO_FIXES))
     return True
