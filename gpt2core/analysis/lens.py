@@ -100,11 +100,13 @@ def logit_lens(model: GPT2, ids, k: int = 5, track: Iterable[int] = (),
     full_head = prefix <= 2 * len(cols)   # the head over every prefix position costs at most twice the window's
     with torch.no_grad():
         logits, cache = model.run_with_cache(ids[:prefix], names=names, last_only=not full_head)
-        resid = torch.stack([cache[name] for name in names])                 # (S, prefix, d)
         if len(cols) < prefix:
             at = torch.tensor(cols, dtype=torch.long, device=ids.device)    # (T,)
-            resid = resid[:, at]                                             # (S, T, d)
+            # the asked columns of each stage, then stacked: not all S x prefix x d of them copied first
+            resid = torch.stack([cache[name][at] for name in names])         # (S, T, d)
             logits = logits[at] if full_head else None                       # (T, V)
+        else:
+            resid = torch.stack([cache[name] for name in names])             # (S, prefix, d)
         S, T, d = resid.shape
         # The rows to unembed, stage-major. With the forward's logits the last stage is those, appended at the
         # end; without, the last stage is unembedded first (its top token is what every stage is ranked on).
@@ -203,11 +205,17 @@ def attribute(model: GPT2, ids, target: int | None = None, contrast: int | None 
     """
     cfg = model.config
     if cache is None:
-        logits, cache = model.run_with_cache(ids, names=attribution_names(cfg.n_layer))
-    T = logits.shape[0]
-    p = position % T
+        p = position % len(ids)
+        # The tokens up to ``position`` (later ones can't change its logit: causal attention) and that position's
+        # logits alone: the head's 50,257 logits for every other position were most of this call's time beyond
+        # its forward pass. The cache's row p is still the position's.
+        logits, cache = model.run_with_cache(ids[:p + 1], names=attribution_names(cfg.n_layer), last_only=True)
+        row = logits[-1]                                                     # (V,)
+    else:
+        p = position % logits.shape[0]
+        row = logits[p]                                                      # (V,)
     if target is None:
-        target = int(logits[p].argmax())
+        target = int(row.argmax())
     with torch.no_grad():
         W_U = model.lm_head.weight                                           # (V, d)
         direction = W_U[target].double() - (W_U[contrast].double() if contrast is not None else 0)   # (d,)
@@ -223,7 +231,7 @@ def attribute(model: GPT2, ids, target: int | None = None, contrast: int | None 
             heads.append((z * per_head_u).sum(-1))                            # (nh,)
             attn_bias.append(read(block.attn.c_proj.bias))
             mlp.append(read(cache[f"blocks.{i}.hook_mlp_out"][p]))
-        logit = float(logits[p, target]) - (float(logits[p, contrast]) if contrast is not None else 0.0)
+        logit = float(row[target]) - (float(row[contrast]) if contrast is not None else 0.0)
         return Attribution(position=p, target=int(target), contrast=None if contrast is None else int(contrast),
                            logit=logit, embed=read(cache["hook_embed"][p]), pos_embed=read(cache["hook_pos_embed"][p]),
                            heads=torch.stack(heads),
