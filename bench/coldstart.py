@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -64,6 +65,7 @@ def one_run(app_args: list[str] | None = None) -> dict:
                     if r.status == 200:
                         first_200 = time.perf_counter() - t
                         answered = time.time()
+                        page = r.read().decode("utf-8", "replace")
                         break
             except OSError:
                 time.sleep(0.05)
@@ -86,7 +88,10 @@ def one_run(app_args: list[str] | None = None) -> dict:
         tabs.update(m.get("tabs", {}))
         phases.append((m["phase"], m["at"] - before))
         before = m["at"]
-    return {"first_200": first_200, "phases": phases, "tabs": tabs,
+    # The first 200 is the whole page: gradio puts the page's config, every tab with it, into the HTML.
+    shown = sorted(set(re.findall(r'"elem_id":\s*"tab-([A-Za-z0-9_]+)"', page)))
+    return {"first_200": first_200, "phases": phases, "tabs": tabs, "page_kb": len(page.encode()) / 1024,
+            "page_tabs": shown,
             "200_after_launch": answered - marks[-1]["at"] if marks and marks[-1]["phase"] == LAST else None}
 
 
@@ -94,6 +99,10 @@ def summarize(runs: list[dict]) -> list[str]:
     times = [r["first_200"] for r in runs]
     lines = [f"cold start `python app.py` to the first HTTP 200: median {statistics.median(times):.2f} s over "
              f"{len(runs)} runs (each: {', '.join(f'{x:.2f}' for x in times)})"]
+    shown = runs[0]["page_tabs"]
+    same = all(r["page_tabs"] == shown for r in runs)
+    lines.append(f"  the first 200 was the whole page: {statistics.median(r['page_kb'] for r in runs):,.0f} KB, the "
+                 f"config of {len(shown)} tabs ({', '.join(shown)})" + ("" if same else "; the runs' tabs differ"))
     names = [name for name, _ in runs[0]["phases"]]
     if all([name for name, _ in r["phases"]] == names for r in runs):
         parts = [f"{name} {statistics.median(r['phases'][i][1] for r in runs):.2f}" for i, name in enumerate(names)]
