@@ -41,8 +41,9 @@ def download(name: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     from . import startup
 
-    # Start-up makes some 600,000 long-lived objects: the cyclic GC would walk them again and again (0.8 s
-    # of a 4.4 s start on an AMD EPYC). It waits until the server is up, then they are frozen (startup.py).
+    # Start-up makes some 600,000 objects, most of them as long-lived as the server: the cyclic GC walked them
+    # again and again (0.8 s of a 4.4 s start on an AMD EPYC). It waits until the server is up, then they are
+    # frozen out of it (startup.py).
     startup.hold_gc()
     ap = argparse.ArgumentParser(description="GPT-2 Explorer: see how GPT-2 works, in the browser.")
     ap.add_argument("--weights", help="a local checkpoint folder (HF or gpt2core format), or 'gpt2' for "

@@ -68,8 +68,8 @@ def mark(phase: str, **extra) -> dict:
 
 def hold_gc() -> None:
     """No cyclic garbage collection until ``release_gc``: the start-up's imports and page are some 600,000
-    objects that live as long as the server, and each full collection walked them all again (0.8 s of the
-    start on an AMD EPYC Zen 4, in about 1,000 collections)."""
+    objects, most of them as long-lived as the server, and the collections walked them again and again (0.8 s
+    of the start on an AMD EPYC Zen 4, in about 1,000 collections)."""
     gc.disable()
 
 
