@@ -4,7 +4,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
-from .common import SEQUENTIAL, style
+from .common import SEQUENTIAL, layout
 from .generation import esc, percent
 from .sampling_view import plot_text
 
@@ -71,27 +71,26 @@ def rank_histogram_bars(counts, bin_labels, bin_buckets, bucket_names) -> go.Fig
     """How many tokens had each rank (log-spaced bins), each bar in its GLTR bucket's colour."""
     total = int(sum(counts))
     shares = [f"{c / total:.1%}" if total else "0%" for c in counts]
-    fig = go.Figure(go.Bar(
+    return go.Figure(go.Bar(
         x=list(bin_labels), y=list(counts), marker=dict(color=[BUCKET_COLORS[b] for b in bin_buckets],
                                                         line=dict(color="#666", width=0.5)),
         customdata=[[bucket_names[b], s] for b, s in zip(bin_buckets, shares)], text=list(counts),
         textposition="auto", textangle=0,
-        hovertemplate="rank %{x}: %{y} tokens (%{customdata[1]}), %{customdata[0]}<extra></extra>"))
-    fig.update_xaxes(title="rank of the actual token (1 = the model's top guess)", type="category")
-    fig.update_yaxes(title="tokens")
-    return style(fig, f"Ranks of the {total:,} scored tokens", height=340)
+        hovertemplate="rank %{x}: %{y} tokens (%{customdata[1]}), %{customdata[0]}<extra></extra>"),
+        layout(f"Ranks of the {total:,} scored tokens", 340,
+               xaxis=dict(title="rank of the actual token (1 = the model's top guess)", type="category"),
+               yaxis=dict(title="tokens")))
 
 
 def surprisal_line(labels, first, bits, ranks, buckets) -> go.Figure:
     """Surprisal of each scored token (tokens ``first`` onwards) along the text, in its GLTR bucket's colour."""
     x = list(range(first, first + len(bits)))
     names = [plot_text(t) for t in labels[first:]]
-    fig = go.Figure(go.Scatter(
+    mean = float(sum(float(b) for b in bits) / len(bits)) if len(bits) else 0.0
+    return go.Figure(go.Scatter(
         x=x, y=[round(float(b), 3) for b in bits], mode="lines+markers", line=dict(color="#999", width=1),
         marker=dict(size=7, color=[BUCKET_COLORS[int(b)] for b in buckets], line=dict(color="#444", width=0.5)),
         customdata=[[n, int(r)] for n, r in zip(names, ranks)],
-        hovertemplate="token %{x} %{customdata[0]}<br>%{y:.2f} bits, rank %{customdata[1]}<extra></extra>"))
-    fig.update_xaxes(title="token position")
-    fig.update_yaxes(title="surprisal (bits)", rangemode="tozero")
-    mean = float(sum(float(b) for b in bits) / len(bits)) if len(bits) else 0.0
-    return style(fig, f"Surprisal of each token (mean {mean:.2f} bits)", height=320)
+        hovertemplate="token %{x} %{customdata[0]}<br>%{y:.2f} bits, rank %{customdata[1]}<extra></extra>"),
+        layout(f"Surprisal of each token (mean {mean:.2f} bits)", 320, xaxis=dict(title="token position"),
+               yaxis=dict(title="surprisal (bits)", rangemode="tozero")))
