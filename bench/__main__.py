@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from gpt2core import GPT2, KVCache, generate, load_hf  # noqa: E402
 from gpt2core.kernels import native  # noqa: E402
 
-native.retain_freed_memory()   # as the app does (explorer/__init__.py); HF runs under it too
+native.retain_freed_memory()   # as the app does (explorer/memory.py); HF runs under it too
 
 
 def interleaved(fns: dict, runs: int, warmup: int = 1, raw: bool = False) -> dict:

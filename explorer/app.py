@@ -48,8 +48,9 @@ def model_status(entry) -> tuple[str, dict]:
 
 def precision_status(entry, text) -> str:
     """The status line of a model served in a lower precision (``--dtype``): its error against fp32 on the
-    user's prompt (at most the views' token cap; the default prompt while the box is empty), and where
-    bf16 won't be faster on this CPU, why. Two forward passes of the prompt; "" in fp32 (exact)."""
+    user's prompt (at most the views' token cap; the default prompt while the box is empty), and in bf16 how
+    this CPU computes the products (bf16 units, or operands rounded to bf16 and multiplied in fp32). Two
+    forward passes of the prompt; "" in fp32 (exact)."""
     from gpt2core.kernels import backend
     from gpt2core.analysis.precision import error_report
 
