@@ -62,10 +62,10 @@ class Step:
         # numpy, not torch: a GPT-2 trace has 198 steps, mostly of a few thousand numbers, where torch's per-call
         # overhead outweighs the work (and its float64 copy of a vocabulary-sized vector took ~1 ms here): all of
         # them took 24-29 ms in torch, 6 ms in numpy (128 tokens, 2 AMD EPYC cores).
-        t = self.vector.detach().cpu()
+        t = self.vector.detach()
         if t.dtype not in (torch.float32, torch.float64):                       # bf16 / fp16: numpy has no bf16
             t = t.float()
-        v = t.numpy().astype(np.float64).ravel()
+        v = t.cpu().numpy().astype(np.float64).ravel()
         finite = np.isfinite(v)
         if not finite.all():
             v = v[finite]                                                        # (n,) masked scores dropped
