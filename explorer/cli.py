@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.download:
         sys.exit(download(args.download))
 
+    if args.dtype not in DTYPES:          # argparse checks a typed value, not a default from the environment
+        ap.error(f"--dtype (or $GPT2_EXPLORER_DTYPE) must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
+
     import threading
 
     from . import memory
@@ -74,6 +77,14 @@ def main(argv: list[str] | None = None) -> None:
     # of malloc arenas (explorer.memory; the app trims the freed pages every few seconds). Before any thread.
     memory.configure()
     startup.mark("import torch, gpt2core")
+    # A plain message and exit status 2 before anything else loads (gradio, the models).
+    from gpt2core.training.train import resolve_device
+    try:
+        device = resolve_device(args.device)   # the models, the views and generation run there
+    except ValueError as e:
+        ap.error(str(e))
+    if args.dtype == "int8" and device.type != "cpu":
+        ap.error(f"--dtype int8: PyTorch's dynamic quantisation runs on the CPU only, not on {device}")
     import gradio  # noqa: F401
 
     startup.mark("import gradio")
@@ -81,18 +92,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from . import build_app, build_registry
     from .app import CSS, SESSIONS_KEPT
-    from .session import resolve_device
 
     startup.mark("import explorer")
-
-    try:
-        device = resolve_device(args.device)   # the models, the views and generation run there
-    except ValueError as e:
-        ap.error(str(e))                  # a plain message and exit status 2, before anything loads
-    if args.dtype not in DTYPES:          # argparse checks a typed value, not a default from the environment
-        ap.error(f"--dtype (or $GPT2_EXPLORER_DTYPE) must be one of {', '.join(DTYPES)}, got {args.dtype!r}")
-    if args.dtype == "int8" and device.type != "cpu":
-        ap.error(f"--dtype int8: PyTorch's dynamic quantisation runs on the CPU only, not on {device}")
 
     # The C kernels build on first use (about 2 s, then cached): build them while the model loads.
     threading.Thread(target=native.library, name="native-build", daemon=True).start()
