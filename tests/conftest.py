@@ -254,3 +254,21 @@ def perturbed(cfg, seed: int = 0):
                 p.add_(torch.randn_like(p) * 0.5)
         m.wte.weight.mul_(5)
     return m
+
+
+# The two longest modules (about 110 s each here: the bad-input battery, the tab walk), then the other slow and
+# browser modules, then the rest: pytest-xdist (--dist loadfile) hands out files in this order, so the long ones
+# start first and the short ones fill in beside them, instead of one long file running alone at the end.
+LONGEST_FIRST = ("test_reliability_inputs.py", "test_browser_tabs.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    slow_modules = {item.path.name for item in items
+                    if item.get_closest_marker("slow") or item.get_closest_marker("browser")}
+
+    def rank(item):
+        name = item.path.name
+        return (LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+                if name in slow_modules else len(LONGEST_FIRST) + 1)
+
+    items.sort(key=rank)   # stable: each module's own order is kept
