@@ -448,15 +448,17 @@ def time_process_api(demo) -> dict:
 def bench_endpoints(runs: int, model: str = "bundled", only: str = "") -> list[str]:
     """Every explorer endpoint with a 128-token prompt, on the bundled model or (``model="gpt2"``) on GPT-2 124M
     with random weights (the size a Space serves), against one captured forward of the same prompt on the same
-    model, timed right before each call so the machine's drift between minutes cancels in their ratio.
+    model, timed before and after each call so the machine's drift between minutes cancels in their ratio.
 
-    The reference forward is ``model.run_with_cache(ids, last_only=True)``: every hook point captured and the last
-    position's logits, what a view that draws every activation asks for (views that need every position's logits,
-    ALL_LOGITS, are timed against ``run_with_cache(ids)``, logits for every position). Server time = the app's process_api for the event (preprocess, handler,
-    postprocess; summed over a stream's chunks); handler = gradio's own duration of the handler alone; round
-    trip = gradio_client's request to answer. Each is the median of ``runs`` after a warm-up call, and the
-    ratio is the median over runs of server time / the forward timed just before it. ``only``:
-    comma-separated prefixes of the api_names to time (say "circuits_,classify_"), every endpoint when empty."""
+    The reference forward is ``model.run_with_cache(ids, last_only=True)``: every hook point captured and the
+    last position's logits, what a view that draws every activation asks for (views that need every position's
+    logits, ALL_LOGITS, are timed against ``run_with_cache(ids)``, logits for every position). Server time = the
+    app's process_api for the event (preprocess, handler, postprocess; summed over a stream's chunks); handler =
+    gradio's own duration of the handler alone; round trip = gradio_client's request to answer. Each is the
+    median of ``runs`` after a warm-up call, and the ratio is the median over runs of server time / the mean of
+    the forwards timed just before and just after it. Start-up's objects are frozen out of the garbage collector
+    once the server is up, as the command line does. ``only``: comma-separated prefixes of the api_names to time
+    (say "circuits_,classify_"), every endpoint when empty."""
     from gradio_client import Client
 
     from explorer.app import build_app
@@ -471,6 +473,12 @@ def bench_endpoints(runs: int, model: str = "bundled", only: str = "") -> list[s
     demo = build_app(registry)
     server = time_process_api(demo)
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    # As the command line does once the server is up (explorer.startup.release_gc): what start-up made is frozen
+    # out of later collections. Without it each full collection during a request walked the ~390,000 objects
+    # of the imports and the page (about 30 ms, when one fell in a request), which the served app never does.
+    import gc
+    gc.collect()
+    gc.freeze()
     try:
         client = Client(demo.local_url, verbose=False, ssl_verify=False)
         named = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
@@ -488,9 +496,9 @@ def bench_endpoints(runs: int, model: str = "bundled", only: str = "") -> list[s
         lines = [f"endpoints on model '{registry.default}', {ENDPOINT_TOKENS}-token prompt, median of {runs} after a "
                  f"warm-up call. forward = run_with_cache(ids, last_only=True) of the same prompt on the same model "
                  f"(every hook point, the last position's logits; every position's for {', '.join(ALL_LOGITS)}), "
-                 f"timed right before each call; server = process_api (preprocess + "
+                 f"timed before and after each call; server = process_api (preprocess + "
                  f"handler + postprocess, summed over a stream's chunks); handler = gradio's duration of the handler; "
-                 f"trip = the client's request to answer; ratio = median of server / forward; target: at most "
+                 f"trip = the client's request to answer; ratio = median of server / the mean of the forwards either side; target: at most "
                  f"{ENDPOINT_TARGET}x the forward per pass by design (a view with none: {ENDPOINT_TARGET}x one); "
                  f"payload = JSON of the result:"]
         prefixes = tuple("/" + p.strip().lstrip("/") for p in only.split(",") if p.strip())
@@ -507,22 +515,26 @@ def bench_endpoints(runs: int, model: str = "bundled", only: str = "") -> list[s
             fn = fns[name.lstrip("/")]
             records = server.setdefault(name.lstrip("/"), [])
             fwd, srv, handler, trip = [], [], [], []
+            last_only = name not in ALL_LOGITS
             try:
                 result = client.predict(*args, api_name=name)            # warm-up, and the payload
                 for _ in range(runs):
-                    fwd.append(forward(last_only=name not in ALL_LOGITS))
+                    fwd.append(forward(last_only))
                     n_records, runtime = len(records), fn.total_runtime
                     t = time.perf_counter()
                     client.predict(*args, api_name=name)
                     trip.append(time.perf_counter() - t)
                     srv.append(sum(records[n_records:]))
                     handler.append(fn.total_runtime - runtime)
+                fwd.append(forward(last_only))
             except Exception as e:  # noqa: BLE001 - report, don't stop the benchmark
                 lines.append(f"  {name}: failed ({type(e).__name__}: {str(e)[:120]})")
                 continue
+            # each call between two forwards: its reference is their mean (the machine's speed drifts)
+            pairs = [(a + b) / 2 for a, b in zip(fwd, fwd[1:])]
             med = {k: statistics.median(v) * 1e3 for k, v in
                    (("server", srv), ("handler", handler), ("trip", trip), ("forward", fwd))}
-            ratio = statistics.median(s / f for s, f in zip(srv, fwd))
+            ratio = statistics.median(s / f for s, f in zip(srv, pairs))
             size = len(json.dumps(result, default=str).encode())
             times = (f"server {med['server']:.0f} ms (handler {med['handler']:.0f}, trip {med['trip']:.0f}), "
                      f"forward {med['forward']:.0f} ms -> {ratio:.2f}x")

@@ -28,12 +28,19 @@ def _safe(tokens: list[str]) -> list[str]:
     return [html.escape(t, quote=False) for t in tokens]
 
 
-def _small(trace, height: int, title: str | None = None, **layout) -> go.Figure:
-    """One trace in a short figure with the app's font; ``layout`` adds axes and the like.
+# The colour scales as plotly's validation spells them out (plotly.js knows no "RdBu_r"): the traces below are
+# plain dicts, which nothing validates.
+_SCALES = {name: [list(stop) for stop in go.Heatmap(colorscale=name).colorscale] for name in (DIVERGING, SEQUENTIAL)}
 
-    Made without plotly's validation of the figure (the trace is validated when it is made): 22 figures a view
-    spent 40 ms there on GPT-2, a quarter of its forward pass. What goes in is fixed here, and
-    tests/test_walkthrough_tab.py checks that plotly's validation gives every kind of picture unchanged."""
+
+def _small(trace: dict, height: int, title: str | None = None, **layout) -> go.Figure:
+    """One trace (a plain dict with its ``type``) in a short figure with the app's font; ``layout`` adds axes
+    and the like.
+
+    Made without plotly's validation, trace and figure: a view draws 22 of these, and validating them took
+    40 ms on GPT-2 (a quarter of its forward pass), then 22 ms with the figure alone unvalidated, against 7 ms
+    for none. What goes in is fixed here, and tests/test_walkthrough_tab.py checks that plotly's validation
+    gives every kind of picture unchanged."""
     layout = dict(font=FONT, height=height, margin=dict(l=50, r=10, t=30 if title else 8, b=30), **layout)
     if title:
         layout["title"] = dict(text=title, x=0.01, xanchor="left", font=dict(size=12))
@@ -49,9 +56,8 @@ def vector_strip(values, title: str | None = None) -> go.Figure:
     """A vector as one row of coloured cells (red positive, blue negative), its index on the x axis."""
     v = np.asarray(values, dtype=np.float64).ravel()
     m = _symmetric(v)
-    return _small(go.Heatmap(z=_r(v)[None, :], colorscale=DIVERGING, zmid=0, zmin=-m, zmax=m,
-                             colorbar=_BAR,
-                             hovertemplate="dimension %{x}: %{z:.4g}<extra></extra>"),
+    return _small(dict(type="heatmap", z=_r(v)[None, :], colorscale=_SCALES[DIVERGING], zmid=0, zmin=-m, zmax=m,
+                       colorbar=_BAR, hovertemplate="dimension %{x}: %{z:.4g}<extra></extra>"),
                   STRIP_HEIGHT, title, yaxis=dict(visible=False),
                   xaxis=dict(title=dict(text=f"dimension (0 … {v.size - 1})", standoff=2)))
 
@@ -60,9 +66,9 @@ def head_rows(values, title: str | None = None) -> go.Figure:
     """(nh, hs): one row per head, the head's dimensions along x."""
     v = np.asarray(values, dtype=np.float64)
     m = _symmetric(v)
-    return _small(go.Heatmap(z=_r(v), y=[f"head {h}" for h in range(v.shape[0])], colorscale=DIVERGING,
-                             zmid=0, zmin=-m, zmax=m, colorbar=_BAR,
-                             hovertemplate="%{y}, dimension %{x}: %{z:.4g}<extra></extra>"),
+    return _small(dict(type="heatmap", z=_r(v), y=[f"head {h}" for h in range(v.shape[0])],
+                       colorscale=_SCALES[DIVERGING], zmid=0, zmin=-m, zmax=m, colorbar=_BAR,
+                       hovertemplate="%{y}, dimension %{x}: %{z:.4g}<extra></extra>"),
                   70 + ROW_HEIGHT * v.shape[0], title, yaxis=dict(autorange="reversed", type="category"),
                   xaxis=dict(title=dict(text="dimension within the head", standoff=2)))
 
@@ -74,14 +80,13 @@ def key_rows(values, tokens: list[str], probabilities: bool = False, title: str 
     v = np.asarray(values, dtype=np.float64)
     z = np.where(np.isfinite(v), v, np.nan)
     if probabilities:
-        scale = dict(colorscale=SEQUENTIAL, zmin=0, zmax=1)
+        scale = dict(colorscale=_SCALES[SEQUENTIAL], zmin=0, zmax=1)
     else:
         m = _symmetric(v)
-        scale = dict(colorscale=DIVERGING, zmid=0, zmin=-m, zmax=m)
+        scale = dict(colorscale=_SCALES[DIVERGING], zmid=0, zmin=-m, zmax=m)
     labels = unique_labels(_safe(tokens))
-    return _small(go.Heatmap(z=_r(z), x=labels, y=[f"head {h}" for h in range(v.shape[0])], **scale,
-                             hoverongaps=False, colorbar=_BAR,
-                             hovertemplate="%{y} → key %{x}: %{z:.4g}<extra></extra>"),
+    return _small(dict(type="heatmap", z=_r(z), x=labels, y=[f"head {h}" for h in range(v.shape[0])], **scale,
+                       hoverongaps=False, colorbar=_BAR, hovertemplate="%{y} → key %{x}: %{z:.4g}<extra></extra>"),
                   110 + ROW_HEIGHT * v.shape[0], title, plot_bgcolor=MASK_GREY,
                   yaxis=dict(autorange="reversed", type="category"),
                   xaxis=dict(type="category", tickangle=-45, showgrid=False))
@@ -91,10 +96,9 @@ def logit_histogram(counts, edges, title: str | None = None) -> go.Figure:
     """How the vocabulary's logits spread: counts per bin (the bins' edges are given)."""
     counts, edges = np.asarray(counts), np.asarray(edges, dtype=np.float64)
     centres, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-    return _small(go.Bar(x=_r(centres), y=counts, width=_r(widths), marker_color="#4c78a8",
-                         customdata=np.stack([_r(edges[:-1]), _r(edges[1:])], -1),
-                         hovertemplate="logits %{customdata[0]:.3g} … %{customdata[1]:.3g}: "
-                                       "%{y} tokens<extra></extra>"),
+    return _small(dict(type="bar", x=_r(centres), y=counts, width=_r(widths), marker=dict(color="#4c78a8"),
+                       customdata=np.stack([_r(edges[:-1]), _r(edges[1:])], -1),
+                       hovertemplate="logits %{customdata[0]:.3g} … %{customdata[1]:.3g}: %{y} tokens<extra></extra>"),
                   200, title, yaxis=dict(type="log", title=dict(text="tokens")), xaxis=dict(title=dict(text="logit")))
 
 
@@ -102,9 +106,9 @@ def top_tokens(tokens: list[str], probs, title: str | None = None) -> go.Figure:
     """The most likely next tokens, most likely on top, the token text on the axis and in the hover."""
     p = np.asarray(probs, dtype=np.float64)
     labels = unique_labels(_safe(tokens))
-    return _small(go.Bar(x=_r(p), y=labels, orientation="h", marker_color="#f58518",
-                         text=[f"{q:.1%}" for q in p], textposition="outside", cliponaxis=False,
-                         hovertemplate="next token %{y}: p = %{x:.4f}<extra></extra>"),
+    return _small(dict(type="bar", x=_r(p), y=labels, orientation="h", marker=dict(color="#f58518"),
+                       text=[f"{q:.1%}" for q in p], textposition="outside", cliponaxis=False,
+                       hovertemplate="next token %{y}: p = %{x:.4f}<extra></extra>"),
                   80 + 26 * len(p), title, yaxis=dict(autorange="reversed", type="category"),
                   xaxis=dict(title=dict(text="probability"), range=[0, min(1.0, float(p.max()) * 1.25 + 1e-9)]))
 
@@ -113,8 +117,8 @@ def residual_norm_path(stages: list[str], norms, expanded: int | None = None) ->
     """The token's residual norm after the embedding and after each block; the expanded block is marked."""
     n = np.asarray(norms, dtype=np.float64)
     colours = ["#f58518" if expanded is not None and s == f"block {expanded}" else "#4c78a8" for s in stages]
-    return _small(go.Scatter(x=stages, y=_r(n), mode="lines+markers", marker=dict(size=9, color=colours),
-                             line=dict(color="#4c78a8"), hovertemplate="after %{x}: ‖x‖ = %{y:.4g}<extra></extra>"),
+    return _small(dict(type="scatter", x=stages, y=_r(n), mode="lines+markers", marker=dict(size=9, color=colours),
+                       line=dict(color="#4c78a8"), hovertemplate="after %{x}: ‖x‖ = %{y:.4g}<extra></extra>"),
                   240, "The token's residual norm, block by block (the expanded block in orange)",
                   xaxis=dict(type="category", title=dict(text="residual stream after")),
                   yaxis=dict(title=dict(text="‖x‖ of the token"), rangemode="tozero"))
