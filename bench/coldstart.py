@@ -49,7 +49,7 @@ def one_run(app_args: list[str] | None = None) -> dict:
                 try:
                     marks.append(json.loads(line[len(PREFIX):]))
                 except json.JSONDecodeError:
-                    pass
+                    pass   # a mark cut by the process's exit is not a phase: the others still count
 
     cmd = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port), *(app_args or [])]
     spawned = time.time()

@@ -149,7 +149,7 @@ def _remove_finder(finder) -> None:
     try:
         sys.meta_path.remove(finder)
     except ValueError:
-        pass
+        pass   # already removed: its modules were imported once, which is all it waits for
 
 
 def lighten_gradio_import() -> bool:
