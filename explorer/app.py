@@ -6,7 +6,7 @@ import time
 import gradio as gr
 
 from .context import AppContext
-from . import lecture, memory, scheduling, startup
+from . import lecture, memory, own_model, scheduling, startup
 from .errors import handle
 from .inputs import MAX_VIEW_TOKENS, InputError, prepare_prompt
 from .session import HUB_NAME, HubDownload, ModelRegistry, device_label
@@ -147,6 +147,7 @@ def build_app(registry: ModelRegistry) -> gr.Blocks:
                                   elem_id="hub-download", elem_classes="notice")
         user_models = gr.State({})
         ctx = AppContext(registry, prompt, model_choice, user_models, demo, page_ready=page_ready)
+        own_model.build(ctx)     # "Open your own model": an upload joins this session's menu
 
         @handle
         def select_model(name, user_models, progress=gr.Progress()):

@@ -1,6 +1,6 @@
 """The app's command line: ``gpt2-explorer`` (installed) or ``python app.py`` (a checkout, the Space).
 
-gpt2-explorer [--weights PATH|gpt2] [--download gpt2] [--device auto|cpu|cuda] [--dtype fp32|bf16|fp16|int8]
+gpt2-explorer [--weights PATH|gpt2 [--config cfg.json | --n-head N]] [--download gpt2] [--device auto|cpu|cuda] [--dtype fp32|bf16|fp16|int8]
               [--port N] [--host H] [--share]
 """
 from __future__ import annotations
@@ -46,8 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     # frozen out of it (startup.py).
     startup.hold_gc()
     ap = argparse.ArgumentParser(description="GPT-2 Explorer: see how GPT-2 works, in the browser.")
-    ap.add_argument("--weights", help="a local checkpoint folder (HF or gpt2core format), or 'gpt2' for "
+    ap.add_argument("--weights", help="a local checkpoint: a folder (HF or gpt2core format), a model.pth / "
+                                      "ckpt.pt of LLMs-from-scratch, nanoGPT or minGPT, or 'gpt2' for "
                                       "OpenAI's GPT-2: from the local Hugging Face cache, else the Hub")
+    ap.add_argument("--config", help="with --weights model.pth: the JSON config the model was built with (e.g. "
+                                     "the notebook's GPT_CONFIG_124M), when the file doesn't hold one")
+    ap.add_argument("--n-head", type=int, help="with --weights model.pth: the number of attention heads, when "
+                                               "neither the file nor a config says")
     ap.add_argument("--download", metavar="gpt2", help="download GPT-2 into the local Hugging Face cache "
                                                        "(with a progress bar) and exit")
     ap.add_argument("--device", default=os.environ.get("GPT2_EXPLORER_DEVICE", "auto"),
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     startup.mark("arguments, device")
     # GPT-2 that must be downloaded comes in a background thread: the page serves at once.
     registry = build_registry(args.weights, progress=progress, device=device, background_download=True,
-                              precision=args.dtype)
+                              precision=args.dtype, config=args.config, n_head=args.n_head)
     startup.mark("models")
     if registry.startup_notice:
         print(registry.startup_notice, flush=True)

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
+from gpt2core.text import tokenizer
+
 from .inputs import InputError, prepare_prompt
 from .lecture import UrlState
 from .session import ModelEntry, ModelRegistry
@@ -51,4 +53,9 @@ class AppContext:
             return 1
 
     def model(self, name: str | None, user_models: dict | None = None, progress=None) -> ModelEntry:
-        return self.registry.get(name, user_models, progress)
+        """The request's model; its vocabulary becomes the request's tokenizer (a character model's shows
+        characters in every tab). Each request runs in a context of its own (explorer.scheduling), so this
+        never reaches another user's request."""
+        entry = self.registry.get(name, user_models, progress)
+        tokenizer.activate(entry.model.tokenizer)
+        return entry

@@ -8,6 +8,7 @@ import logging
 import gradio as gr
 
 from gpt2core import WeightsError
+from gpt2core.text.tokenizer import UnknownCharacters
 
 from .inputs import InputError
 
@@ -17,7 +18,7 @@ log = logging.getLogger("explorer")
 def _to_gr_error(e: Exception) -> gr.Error:
     if isinstance(e, gr.Error):
         return e
-    if isinstance(e, (InputError, WeightsError)):
+    if isinstance(e, (InputError, WeightsError, UnknownCharacters)):
         return gr.Error(str(e), print_exception=False)
     log.exception("unexpected error in a handler")
     return gr.Error(f"Something went wrong on the server ({type(e).__name__}: {e}). "

@@ -59,9 +59,18 @@ def prepare_prompt(text, max_tokens: int = MAX_PROMPT_TOKENS, keep: str = "end")
     if n_controls:
         notices.append(f"{n_controls} control character{'s' if n_controls > 1 else ''} "
                        f"(such as NUL or escape codes) {'were' if n_controls > 1 else 'was'} removed.")
+    own = tokenizer.active()
+    if own is not None:         # a character model: characters it has never seen can't be tokens
+        missing = own.unknown(cleaned)
+        if missing:
+            cleaned = "".join(c for c in cleaned if c in own.stoi)
+            shown = ", ".join(repr(c) for c in missing[:8]) + ("…" if len(missing) > 8 else "")
+            notices.append(f"{len(missing)} character{'s' if len(missing) > 1 else ''} not in this model's vocabulary "
+                           f"of {own.n_vocab} {'were' if len(missing) > 1 else 'was'} left out: {shown}.")
     if not cleaned.strip():
-        raise InputError("The prompt is empty: type some text first.")
-    if tokenizer.EOT in cleaned:
+        raise InputError("The prompt is empty: type some text first." if own is None or not text.strip() else
+                         f"None of the prompt's characters is in this model's vocabulary of {own.n_vocab} characters.")
+    if own is None and tokenizer.EOT in cleaned:
         notices.append(f"`{tokenizer.EOT}` was read as plain text (several ordinary tokens), "
                        f"not as GPT-2's special end-of-text token {tokenizer.EOT_ID}.")
     ids = tokenizer.encode(cleaned)

@@ -15,10 +15,13 @@
 """
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import threading
 from contextlib import contextmanager
+
+from gpt2core.text import tokenizer
 
 VIEWS = "views"
 VIEW_SLOTS = 2                 # cheap views computed at once (the machine's two cores)
@@ -73,6 +76,35 @@ GATE = ViewGate()     # one per process: it schedules the process's requests, it
 step_aside = GATE.step_aside
 
 
+def in_own_context(fn):
+    """``fn`` run in a context of its own, starting from GPT-2's tokenizer: a request's model sets the
+    active tokenizer (gpt2core.text.tokenizer, a context variable) for that request alone. A generator keeps
+    one context across its steps (gradio runs each step in a fresh copy of the server's context)."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def steps(*args, **kwargs):
+            context = contextvars.copy_context()
+            context.run(tokenizer.activate, None)
+            gen = context.run(fn, *args, **kwargs)
+            try:
+                while True:
+                    try:
+                        item = context.run(next, gen)
+                    except StopIteration:
+                        return
+                    yield item
+            finally:
+                context.run(gen.close)
+        return steps
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        context = contextvars.copy_context()
+        context.run(tokenizer.activate, None)
+        return context.run(fn, *args, **kwargs)
+    return call
+
+
 def counted(fn):
     """``fn`` run inside ``GATE.view()``; its signature (gr.Progress, gr.Request) is gradio's to read."""
     @functools.wraps(fn)
@@ -90,6 +122,8 @@ def assign(demo) -> dict[str, tuple[str, int]]:
         if block_fn.fn is None:                          # a JavaScript-only event: never queued
             continue
         name = block_fn.api_name
+        if not (inspect.iscoroutinefunction(block_fn.fn) or inspect.isasyncgenfunction(block_fn.fn)):
+            block_fn.fn = in_own_context(block_fn.fn)
         if name in LONG_WORK:
             block_fn.concurrency_id, block_fn.concurrency_limit = LONG_WORK[name]
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,63 @@ class HubDownload:
     error: str = ""
 
 
+OWN_TOTAL = 8                 # uploaded models on the whole server at once (explorer.own_model)
+OWN_IDLE_S = 3600.0           # an uploaded model nobody used for an hour is freed
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What a session's gr.State holds for an uploaded model: the model itself lives in OwnModels."""
+    session: str
+    name: str
+
+
+class OwnModels:
+    """Uploaded models by (session, name), bounded (OWN_TOTAL on the server, OWN_IDLE_S unused). Thread-safe."""
+
+    def __init__(self, total: int = OWN_TOTAL, idle_s: float = OWN_IDLE_S):
+        self.total, self.idle_s = total, idle_s
+        self._models: dict[Ticket, tuple[ModelEntry, float]] = {}   # ticket -> (entry, last used)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def expire(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for ticket in [t for t, (_, used) in self._models.items() if now - used > self.idle_s]:
+                del self._models[ticket]
+
+    def put(self, ticket: Ticket, entry: ModelEntry) -> None:
+        self.expire()
+        with self._lock:
+            if ticket not in self._models and len(self._models) >= self.total:
+                raise InputError(f"The server holds {self.total} uploaded models now, its limit. Try again in a "
+                                 f"while (a model is freed when its page closes or after an hour unused).")
+            self._models[ticket] = (entry, time.monotonic())
+
+    def get(self, ticket: Ticket) -> ModelEntry:
+        with self._lock:
+            held = self._models.get(ticket)
+            if held is None:
+                raise InputError(f"{ticket.name} was freed (its page was closed, or it went unused for an hour). "
+                                 f"Open it again with **Open your own model**.")
+            self._models[ticket] = (held[0], time.monotonic())
+            return held[0]
+
+    def drop(self, ticket: Ticket) -> None:
+        with self._lock:
+            self._models.pop(ticket, None)
+
+    def drop_session(self, session: str) -> int:
+        with self._lock:
+            gone = [t for t in self._models if t.session == session]
+            for t in gone:
+                del self._models[t]
+            return len(gone)
+
+
 class ModelRegistry:
     """Shared, read-only models by name. Thread-safe; Hub models load on first request."""
 
@@ -64,6 +122,7 @@ class ModelRegistry:
         self.device = torch.device(device)
         self.hub_download: HubDownload | None = None   # set while GPT-2 downloads in the background
         self.hub_thread: threading.Thread | None = None
+        self.own_models = OwnModels()   # the models users uploaded, by browser session (explorer.own_model)
 
     def add(self, entry: ModelEntry, default: bool = False) -> ModelEntry:
         entry.model.to(self.device).eval()
@@ -102,7 +161,9 @@ class ModelRegistry:
             raise InputError(f"The model must be given by its name (text), got {type(name).__name__}. "
                              f"Choose one of: {', '.join(self.names())}.")
         if user_models and name in user_models:
-            return user_models[name]
+            held = user_models[name]
+            # An uploaded model: the session holds a ticket, the model is in own_models (explorer.own_model).
+            return held if isinstance(held, ModelEntry) else self.own_models.get(held)
         if name in self._entries:
             return self._entries[name]
         if name == HUB_NAME and self.hub_enabled:
@@ -193,13 +254,15 @@ def describe_source(path: Path, shown: str | None = None) -> str:
 
 
 def build_registry(weights_arg: str | None = None, progress=None, device: torch.device | str = "cpu",
-                   background_download: bool = False, precision: str = "fp32") -> ModelRegistry:
+                   background_download: bool = False, precision: str = "fp32", config: str | None = None,
+                   n_head: int | None = None) -> ModelRegistry:
     """The models this process serves: bundled (or random), plus ``--weights``; Hub on a Space.
 
     GPT-2 from the local HF cache loads at once. When it must be downloaded and ``background_download``
     is set (the app), the download runs in a thread and the bundled model serves until it is ready.
     ``precision`` (``--dtype``): the served models' matrix products, fp32 (exact, the default), bf16,
-    fp16 or int8 (gpt2core.kernels.backend); each model gets it as ``model.precision``."""
+    fp16 or int8 (gpt2core.kernels.backend); each model gets it as ``model.precision``. ``config`` and
+    ``n_head`` (--config, --n-head) tell what a ``.pth`` of a from-scratch course can't (gpt2core.reference.formats)."""
     from gpt2core.kernels import backend
     if precision not in backend.PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(backend.PRECISIONS)}, got {precision!r}")
@@ -223,8 +286,13 @@ def build_registry(weights_arg: str | None = None, progress=None, device: torch.
     elif weights_arg:
         path = Path(weights_arg)
         try:
-            folder = path.parent if path.is_file() else path   # --weights may name a file of the folder
-            entry = ModelEntry(folder.name or str(folder), load(path), describe_source(path))
+            if path.is_file() and path.suffix in weights.TORCH_SUFFIXES:   # a course's model.pth / ckpt.pt
+                from gpt2core.reference import formats
+                loaded = formats.load_checkpoint(path, config=config, n_head=n_head)
+                entry = ModelEntry(path.name, loaded.model, f"{path} ({loaded.summary()})")
+            else:
+                folder = path.parent if path.is_file() else path   # --weights may name a file of the folder
+                entry = ModelEntry(folder.name or str(folder), load(path), describe_source(path))
             registry.add(entry, default=True)
         except WeightsError as e:
             registry.startup_notice = f"Could not load --weights {weights_arg}: {e}"

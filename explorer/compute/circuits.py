@@ -36,11 +36,11 @@ class DetectorView:
 
 
 def random_sequence(n_tokens, model: GPT2, seed=0) -> list[int]:
-    """[<|endoftext|>] + R + R with R ``n_tokens`` uniform-random ids (seeded: the same on every call)."""
+    """[<|endoftext|>] + R + R (a character model: R + R) with R ``n_tokens`` uniform-random ids (seeded: the same on every call)."""
     top = min(MAX_RANDOM_TOKENS, (model.config.n_ctx - 1) // 2)
     n = int(check_number(n_tokens, "Random tokens", 2, top, integer=True))
     seed = int(check_number(seed, "Seed", 0, 2**31 - 1, integer=True))
-    return circuits.repeated_random_tokens(n, 1, seed, model.config.vocab_size)[0].tolist()
+    return circuits.repeated_random_tokens(n, 1, seed, model.config.vocab_size, tokenizer.eot_id())[0].tolist()
 
 
 def best_heads(scores: np.ndarray, k: int = TOP_HEADS) -> list[tuple[int, int, float]]:

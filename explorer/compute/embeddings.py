@@ -98,14 +98,15 @@ def parse_words(words) -> list[int]:
     if len(cleaned) > MAX_WORDS:
         raise InputError(f"The word list has {len(cleaned)} words; at most {MAX_WORDS} are drawn.")
     ids, split = [], []
+    space = " " if tokenizer.is_bpe() else ""    # a character model's tokens are single characters
     for w in cleaned:
-        toks = tokenizer.encode(" " + w)
+        toks = tokenizer.encode(space + w)
         if len(toks) == 1:
             ids.append(toks[0])
         else:
             split.append(f"{w!r} ({' + '.join(token_text(i) for i in toks)})")
     if split:
-        raise InputError("Each word must be a single token (with its leading space); these are not: "
+        raise InputError(f"Each word must be a single token{' (with its leading space)' if space else ''}; these are not: "
                          + ", ".join(split) + ". Remove them or pick shorter words.")
     return ids
 

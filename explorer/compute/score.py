@@ -11,7 +11,7 @@ import numpy as np
 
 from gpt2core import GPT2
 from gpt2core.analysis.score import TokenScores, score_tokens
-from gpt2core.text.tokenizer import EOT, EOT_ID, printable, token_bytes
+from gpt2core.text.tokenizer import EOT, EOT_ID, eot_id, printable, token_bytes
 
 from ..inputs import InputError, Prompt
 
@@ -73,7 +73,7 @@ def score_view(model: GPT2, prompt: Prompt) -> ScoreView:
     """Every token scored; like GLTR, the text is read after <|endoftext|>, so the first one is scored too."""
     if not prompt.ids:
         raise InputError("The prompt is empty: type some text first.")
-    s = score_tokens(model, prompt.ids, start_token=EOT_ID)
+    s = score_tokens(model, prompt.ids, start_token=eot_id())   # a character model has none: its first token is not scored
     labels = [printable(token_bytes(i)) for i in prompt.ids]
     top_p = np.exp(s.top_logprobs)
     alternatives = [[(printable(token_bytes(int(i))), float(p)) for i, p in zip(ids, ps)]

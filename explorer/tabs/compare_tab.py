@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from gpt2core.text import tokenizer
+
 from ..components import Slider
 from ..compute.compare import (UntrainedTwin, check_layer_head, compare_distributions, pattern_difference,
                                run_pair, summary_markdown)
@@ -86,6 +88,10 @@ def build(ctx: AppContext) -> None:
     def compare(text_a, text_b, model_a, model_b, layer, head, user_models):
         """Both prompts (each through its own model): next-token distributions, tokens, one head's patterns."""
         ma, mb = resolve(model_a, user_models, "A"), resolve(model_b, user_models, "B")
+        if ma.tokenizer != mb.tokenizer:
+            raise InputError("A and B must share a vocabulary to compare their next-token distributions: "
+                             f"{model_a} and {model_b} tokenize text differently. Choose two models of one vocabulary.")
+        tokenizer.activate(ma.tokenizer)
         layer_i, head_i = check_layer_head(layer, head, [ma, mb])
         prompts = []
         for side, text, m in (("A", text_a, ma), ("B", text_b, mb)):

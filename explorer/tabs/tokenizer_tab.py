@@ -124,9 +124,15 @@ def build(ctx: AppContext) -> None:
                 window_grid(w.inputs, w.targets, w.starts, tokens))
 
     @handle
-    def show_merges(text, chunk):
+    def show_merges(text, chunk, model_name, user_models):
         """The prompt's chunks and each BPE merge of one of them (-1: the one with the most merges)."""
         index = check_number(chunk, "Chunk", -1, MAX_TOKENS - 1, integer=True)
+        own = ctx.model(model_name, user_models).model.tokenizer
+        if own is not None:     # merges are GPT-2's BPE; a character vocabulary has none to show
+            return ("", f"**{model_name} has no merges to show.** Its vocabulary is {own.describe()}: each token is "
+                    "one character, so nothing is merged. The merges here are how GPT-2's byte-level BPE builds "
+                    "its tokens; choose a GPT-2 model in the menu above to take them apart.",
+                    None, [], [])
         view = merge_compute.merge_view(prepare_prompt(text, max_tokens=MAX_TOKENS, keep="start").text, index)
         trace = view.trace
         ladder = merge_ladder(trace.start, [(s.left, s.right, s.rank, s.pieces) for s in trace.steps],
@@ -135,7 +141,7 @@ def build(ctx: AppContext) -> None:
                 merge_compute.summary_markdown(view), ladder, merge_compute.merge_rows(trace),
                 merge_compute.byte_rows(view.chunk))
 
-    merge_io = dict(fn=show_merges, inputs=[ctx.prompt, chunk_index],
+    merge_io = dict(fn=show_merges, inputs=[ctx.prompt, chunk_index, *ctx.model_inputs],
                     outputs=[chunks_view, merges_md, ladder_plot, merges_table, bytes_table])
     token_outputs = [chips, stats, coverage_plot, words_plot, splits, notices]
     token_inputs = [ctx.prompt, *ctx.model_inputs]

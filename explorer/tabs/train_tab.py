@@ -195,7 +195,7 @@ def build(ctx: AppContext) -> None:
             name, k = f"{base} #{k}", k + 1
         models[name] = ModelEntry(name=name, model=model, trained=True,
                                   source=f"trained in this browser session on {trained['tokens']:,} tokens")
-        dropped = list(models)[:-MAX_USER_MODELS]
+        dropped = [n for n, held in models.items() if isinstance(held, ModelEntry)][:-MAX_USER_MODELS]
         for old in dropped:
             del models[old]
         note = f" (only the last {MAX_USER_MODELS} are kept: {', '.join(dropped)} was removed)" if dropped else ""

@@ -35,7 +35,8 @@ def induction_loss(model, n_tokens: int = 50, batch: int = 16, seed: int = 0) ->
     about random ids); the second can be copied from the first. ``second`` leaves out the second
     copy's first token, which nothing before it predicts; ``second_with_first`` keeps it.
     """
-    ids = repeated_random_tokens(n_tokens, batch, seed, model.config.vocab_size)       # (B, 1 + 2n)
+    bos = tokenizer.eot_id()           # a character vocabulary has no end-of-text: the copies start at once
+    ids = repeated_random_tokens(n_tokens, batch, seed, model.config.vocab_size, bos)  # (B, [1 +] 2n)
     if ids.shape[1] > model.config.n_ctx:
         raise ValueError(f"{n_tokens} tokens repeated twice (+1) do not fit a context of {model.config.n_ctx}")
     device = next(model.parameters()).device
@@ -44,8 +45,9 @@ def induction_loss(model, n_tokens: int = 50, batch: int = 16, seed: int = 0) ->
     logits = model(ids.to(device)).float()                                             # (B, 1 + 2n, V)
     model.train(was_training)
     losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:].to(device), reduction="none")  # (B, 2n)
-    per_position = losses.mean(0).cpu()                                                # (2n,) predicting ids[1:]
-    first, second = per_position[:n_tokens], per_position[n_tokens:]
+    per_position = losses.mean(0).cpu()                                                # predicting ids[1:]
+    split = n_tokens if bos is not None else n_tokens - 1      # where the second copy's predictions start
+    first, second = per_position[:split], per_position[split:]
     return {"first": float(first.mean()), "second": float(second[1:].mean()),
             "second_with_first": float(second.mean()), "per_position": per_position.tolist(),
             "n_tokens": n_tokens, "batch": batch, "seed": seed}
@@ -61,16 +63,19 @@ def repeated_text_loss(model, ids, n_tokens: int = 50, n_passages: int = 16) -> 
         raise ValueError(f"the text has {len(ids)} tokens; {n_passages} passages of {n_tokens} need more")
     step = len(ids) // n_passages
     passages = torch.stack([ids[i * step:i * step + n_tokens] for i in range(n_passages)])      # (N, n)
-    seqs = torch.cat([torch.full((n_passages, 1), tokenizer.EOT_ID), passages, passages], 1)     # (N, 1 + 2n)
+    bos = tokenizer.eot_id()
+    start = [torch.full((n_passages, 1), bos)] if bos is not None else []
+    seqs = torch.cat([*start, passages, passages], 1)                                           # (N, [1 +] 2n)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    logits = model(seqs.to(device)).float()                                                     # (N, 1 + 2n, V)
+    logits = model(seqs.to(device)).float()                                                     # (N, [1 +] 2n, V)
     model.train(was_training)
     losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), seqs[:, 1:].to(device), reduction="none")
-    per_position = losses.mean(0).cpu()                                                         # (2n,)
-    return {"first": float(per_position[:n_tokens].mean()), "second": float(per_position[n_tokens + 1:].mean()),
-            "second_with_first": float(per_position[n_tokens:].mean()), "n_tokens": n_tokens,
+    per_position = losses.mean(0).cpu()                                                         # predicting seqs[1:]
+    split = n_tokens if bos is not None else n_tokens - 1      # where the second copy's predictions start
+    return {"first": float(per_position[:split].mean()), "second": float(per_position[split + 1:].mean()),
+            "second_with_first": float(per_position[split:].mean()), "n_tokens": n_tokens,
             "n_passages": n_passages}
 
 

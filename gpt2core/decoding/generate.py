@@ -11,7 +11,7 @@ from ..kernels import backend
 from ..reference.devices import ids_on
 from ..reference.model import GPT2, KVCache
 from .sampling import GREEDY_TEMPERATURE, check_settings, distribution, draw, filter_logits
-from ..text.tokenizer import EOT_ID, token_bytes
+from ..text.tokenizer import eot_id, token_bytes
 
 
 @dataclass
@@ -43,6 +43,7 @@ def stream(model: GPT2, prompt_ids, max_new_tokens: int = 50, temperature: float
     re-runs the cropped window, exactly as decoding without the cache does. Single-token steps
     against the cache run in C where it is faster (gpt2core.kernels.backend), else through the PyTorch forward.
     """
+    eot = eot_id()   # the active tokenizer's end-of-text (None: a character vocabulary has none)
     check_settings(temperature, top_k, top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
@@ -86,8 +87,8 @@ def stream(model: GPT2, prompt_ids, max_new_tokens: int = 50, temperature: float
             top = torch.topk(probs, min(n_alternatives, probs.numel()))
         ids.append(token)
         yield Step(step, token, token_bytes(token), float(probs[token]), sampled_prob,
-                   list(zip(top.indices.tolist(), top.values.tolist())), token == EOT_ID)
-        if stop_at_eot and token == EOT_ID:
+                   list(zip(top.indices.tolist(), top.values.tolist())), token == eot)
+        if stop_at_eot and token == eot:
             return
 
 

@@ -90,6 +90,10 @@ def clean_text(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
+class UnknownCharacters(ValueError):
+    """Text with characters a character vocabulary lacks: a plain message for the user."""
+
+
 class CharTokenizer:
     """A character-level vocabulary: token i is the character ``itos[i]`` (nanoGPT's shakespeare_char,
     minGPT's chargpt). No end-of-text token; a character outside the vocabulary can't be encoded."""
@@ -114,7 +118,7 @@ class CharTokenizer:
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
         missing = self.unknown(text)
         if missing:
-            raise ValueError(f"{len(missing)} character{'s' if len(missing) > 1 else ''} not in this model's "
+            raise UnknownCharacters(f"{len(missing)} character{'s' if len(missing) > 1 else ''} not in this model's "
                              f"vocabulary of {self.n_vocab}: {', '.join(repr(c) for c in missing[:10])}")
         return [self.stoi[c] for c in text]
 
