@@ -107,9 +107,11 @@ def read_torch_file(path, max_bytes: int | None = None) -> object:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)   # a legacy (not zip) file
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise WeightsError(f"{path}: not a PyTorch checkpoint (truncated or another kind of file?): "
-                               f"{str(e)[:200]}") from None
+        if "GLOBAL" not in str(e):     # not a class or function refused: bytes that are no checkpoint
+            why = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n\n|$)", str(e), re.S)
+            raise WeightsError(f"{path}: refused: not a PyTorch checkpoint of tensors (truncated, or another "
+                               f"kind of file? the safe reader stopped at: "
+                               f"{(why.group(1) if why else str(e))[:120]})") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f" (it names the Python object {found.group(1)})" if found else ""
         raise WeightsError(
