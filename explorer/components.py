@@ -34,6 +34,14 @@ class Number(gr.Number):
         return _checked(self, payload)
 
 
+class OptionalNumber(Number):
+    """A Number that may be left empty (None): what a file can tell instead, say."""
+    is_template = True
+
+    def preprocess(self, payload):
+        return None if payload is None else _checked(self, payload)
+
+
 class _NamedValidation:
     """Stands in for a component's pydantic data model: gradio validates API payloads with it before any
     app code runs, and a malformed one would reach the caller as pydantic's raw dump. This one raises a

@@ -20,6 +20,7 @@ import gradio as gr
 from gpt2core import WeightsError
 from gpt2core.reference import formats, weights
 
+from .components import File, OptionalNumber
 from .errors import handle
 from .inputs import InputError, check_number
 from .session import ModelEntry, Ticket
@@ -107,10 +108,10 @@ def build(ctx) -> None:
     with gr.Accordion("Open your own model", open=False, elem_id="own-model"):
         gr.Markdown(EXPLANATION)
         with gr.Row():
-            files = gr.File(label="Checkpoint, and its config / meta.pkl where needed", file_count="multiple",
+            files = File(label="Checkpoint, and its config / meta.pkl where needed", file_count="multiple",
                             file_types=[*CHECKPOINTS, ".json", ".pkl", ".txt"], elem_id="own-files", scale=3)
             with gr.Column(scale=1):
-                n_head = gr.Number(None, label="Number of heads (only if the file and config don't say)",
+                n_head = OptionalNumber(None, label="Number of heads (only if the file and config don't say)",
                                    precision=0, minimum=1, maximum=formats.LIMITS["n_head"], elem_id="own-n-head")
                 open_btn = gr.Button("Open", variant="primary", elem_id="own-open")
         status = gr.Markdown(elem_id="own-status")

@@ -62,7 +62,9 @@ NOTICE_ENDPOINTS = {"/tokenizer_breakdown", "/attention_view", "/layernorm_view"
 # Training is 10+ steps; after a bad /train input the check that the app still works uses this instead,
 # and test_train_still_trains_after_the_battery trains once at the end.
 SLOW_ENDPOINTS = {"/train": "/tokenizer_breakdown", "/train_use": "/tokenizer_breakdown",
-                  "/train_instruct": "/tokenizer_breakdown", "/classify_train": "/tokenizer_breakdown"}
+                  "/train_instruct": "/tokenizer_breakdown", "/classify_train": "/tokenizer_breakdown",
+                  # Opening a model needs a checkpoint uploaded: test_own_model.py opens real ones.
+                  "/open_model": "/tokenizer_breakdown"}
 LONG_TEXT = ("All the world's a stage, and all the men and women merely players. " * 1500)[:100_000]
 
 
