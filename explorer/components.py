@@ -7,6 +7,8 @@ range first and raise a gr.Error naming the control by its label.
 """
 from __future__ import annotations
 
+import functools
+
 import gradio as gr
 
 from .inputs import InputError, check_number
@@ -66,6 +68,9 @@ class _NamedValidation:
 class File(gr.File):
     is_template = True
 
+    # gradio sends the page the attributes its __init__ names (Block.get_config reads the signature): wraps
+    # gives this one gr.File's, so the label, elem_id and file types reach the page.
+    @functools.wraps(gr.File.__init__)
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.data_model = _NamedValidation(self.data_model, self.label or "The file")

@@ -64,10 +64,10 @@ def load_upload(paths: list[Path], n_head=None, max_bytes: int | None = None) ->
         if p.stat().st_size > max_bytes:
             raise InputError(f"{p.name}: {p.stat().st_size / 1e6:,.0f} MB is over this server's upload limit of "
                              f"{max_bytes / 1e6:,.0f} MB.")
-    if n_head not in (None, ""):
-        n_head = int(check_number(n_head, "Number of heads", 1, formats.LIMITS["n_head"], integer=True))
-    else:
-        n_head = None
+    # An empty box arrives as 0 from the page, as None from the API: both mean "read it from the file".
+    n_head = int(check_number(n_head, "Number of heads", 0, formats.LIMITS["n_head"], integer=True)) \
+        if n_head not in (None, "") else 0
+    n_head = n_head or None
     checkpoint, config, vocab = _sorted_files(paths, n_head)
     if checkpoint.suffix.lower() == ".safetensors":        # a HF or gpt2core folder: both files, side by side
         if config is None:
@@ -111,8 +111,8 @@ def build(ctx) -> None:
             files = File(label="Checkpoint, and its config / meta.pkl where needed", file_count="multiple",
                             file_types=[*CHECKPOINTS, ".json", ".pkl", ".txt"], elem_id="own-files", scale=3)
             with gr.Column(scale=1):
-                n_head = OptionalNumber(None, label="Number of heads (only if the file and config don't say)",
-                                   precision=0, minimum=1, maximum=formats.LIMITS["n_head"], elem_id="own-n-head")
+                n_head = OptionalNumber(None, label="Number of heads (leave empty or 0 when the file or config says)",
+                                   precision=0, minimum=0, maximum=formats.LIMITS["n_head"], elem_id="own-n-head")
                 open_btn = gr.Button("Open", variant="primary", elem_id="own-open")
         status = gr.Markdown(elem_id="own-status")
 

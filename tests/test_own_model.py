@@ -10,6 +10,7 @@ import gpt2core as g
 from explorer import own_model
 from explorer.inputs import InputError
 from explorer.session import OwnModels, Ticket, ModelEntry
+from gpt2core import WeightsError
 from gpt2core.text import tokenizer
 
 CHARS = sorted(set("First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n"
@@ -144,7 +145,9 @@ def test_load_upload_limits(tmp_path, char_files):
     with pytest.raises(InputError, match="one checkpoint"):
         own_model.load_upload([meta])
     with pytest.raises(InputError, match="Number of heads must be"):
-        own_model.load_upload([ckpt, meta], n_head=0)
+        own_model.load_upload([ckpt, meta], n_head=-1)
+    with pytest.raises(WeightsError, match="5 heads do not divide the width 48"):
+        own_model.load_upload([ckpt, meta], n_head=5)
     with pytest.raises(InputError, match="Choose your checkpoint"):
         own_model.load_upload([])
     loaded = own_model.load_upload([ckpt, meta])

@@ -10,6 +10,7 @@ from ..errors import handle
 from ..figures.embeddings import neighbour_bars, position_heatmap, position_norms, projection_scatter
 from ..inputs import MAX_VIEW_TOKENS, InputError, prepare_prompt
 from gpt2core.analysis.trace import token_text
+from gpt2core.text.tokenizer import UnknownCharacters
 
 TITLE = "Embeddings"
 EXPLANATION = """
@@ -128,5 +129,28 @@ def build(ctx: AppContext) -> None:
     token.input(**neighbours_io, api_visibility="private", preprocess=False, trigger_mode="always_last")
     gr.on([source.input, words.input, ctx.prompt.submit], **projection_io, api_visibility="private",
           preprocess=False, trigger_mode="always_last")
-    for io in (neighbours_io, projection_io, positions_io):     # the model switch redraws all three
-        ctx.model_choice.change(**io, api_visibility="private", preprocess=False)
+    @handle
+    def fit_inputs(token_v, words_v, model_name, user_models):
+        """A model with its own vocabulary (characters) can't look up ␣king: give it tokens it has, keeping
+        the user's own where they still are tokens."""
+        own = ctx.model(model_name, user_models).model.tokenizer
+        try:
+            resolve_token(token_v)
+            parse_words(words_v)
+            return gr.update(), gr.update()
+        except (InputError, UnknownCharacters):
+            pass
+        if own is None:
+            return gr.update(choices=EXAMPLE_TOKENS, value=EXAMPLE_TOKENS[0]), gr.update(choices=DEFAULT_WORDS,
+                                                                                         value=DEFAULT_WORDS)
+        letters = [c for c in own.itos if c.isalpha()] or [c for c in own.itos if c.isprintable()]
+        chars = letters[:MAX_WORDS] if len(letters) >= 3 else own.itos[:MAX_WORDS]
+        first = "e" if "e" in own.stoi else chars[0]
+        return gr.update(choices=[c.replace(" ", SPACE_MARK) for c in own.itos], value=first), \
+            gr.update(choices=chars, value=chars)
+
+    # The model switch fits the inputs to its vocabulary, then redraws all three.
+    fitted = ctx.model_choice.change(fit_inputs, [token, words, *model_inputs], [token, words],
+                                     api_visibility="private", preprocess=False)
+    for io in (neighbours_io, projection_io, positions_io):
+        fitted.then(**io, api_visibility="private", preprocess=False)
