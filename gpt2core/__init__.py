@@ -25,6 +25,7 @@ __all__ = ["PRESETS", "GPT2Config", "get_config", "GPT2", "KVCache", "Activation
 # when first asked for. `generate` is not here: `gpt2core.generate` is the function, as it always was.
 _MODULES = {
     "config": "reference", "model": "reference", "hooks": "reference", "weights": "reference", "devices": "reference",
+    "formats": "reference",
     "backend": "kernels", "native": "kernels",
     "tokenizer": "text", "merges": "text",
     "sampling": "decoding", "beam": "decoding",
