@@ -1,4 +1,4 @@
-"""Benchmarks: python -m bench [all|decode|forward|bf16|prefill|memory|coldstart|why|endpoints|streaming]
+"""Benchmarks: python -m bench [all|decode|forward|bf16|prefill|memory|coldstart|why|endpoints|streaming|own_model]
                               [--runs N] [--model bundled|gpt2]
 
 Ours and HF transformers run in the same process on the same random-initialised GPT-2 124M
@@ -281,6 +281,12 @@ def free_port() -> int:
 def bench_coldstart(runs: int = 3) -> list[str]:
     """`python app.py` to the first HTTP 200, median of the runs, and the app's start-up phases (bench/coldstart.py)."""
     from bench.coldstart import bench_coldstart as run
+    return run(runs)
+
+
+def bench_own_model(runs: int = 3) -> list[str]:
+    """A 124M model.pth of LLMs-from-scratch opened here and the course's way: seconds and peak RSS (bench/own_model.py)."""
+    from bench.own_model import bench_own_model as run
     return run(runs)
 
 
@@ -572,7 +578,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("what", nargs="*", default=["all"],
                     choices=["all", "decode", "forward", "bf16", "prefill", "memory", "coldstart", "why", "circuits",
-                             "endpoints", "streaming"])
+                             "endpoints", "streaming", "own_model"])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--model", choices=["bundled", "gpt2"], default="bundled",
                     help="the model the endpoints run on: the bundled one, or GPT-2 124M with random weights")
@@ -595,7 +601,8 @@ def main(argv=None) -> int:
              ("prefill", lambda: bench_prefill(pair, args.runs)), ("memory", bench_memory),
              ("coldstart", bench_coldstart), ("why", lambda: bench_why(pair, args.runs)),
              ("circuits", lambda: bench_circuits(pair, args.runs)),
-             ("endpoints", lambda: bench_endpoints(args.runs, args.model, args.only)), ("streaming", lambda: bench_streaming(args))]
+             ("endpoints", lambda: bench_endpoints(args.runs, args.model, args.only)), ("streaming", lambda: bench_streaming(args)),
+             ("own_model", lambda: bench_own_model(args.runs))]
     if pair is not None:
         steps.append(("kernels", bench_kernels))
         what.add("kernels")

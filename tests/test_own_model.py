@@ -167,3 +167,15 @@ def test_own_models_are_bounded_by_count_and_idle_time():
     store.expire(now=time.monotonic() + 61)
     with pytest.raises(InputError, match="was freed"):
         store.get(c)
+
+
+def test_a_session_keeps_two_uploads_the_oldest_closes(app_url, char_files, client):
+    from gradio_client import Client, handle_file
+    own = Client(app_url, verbose=False)
+    _, ckpt, meta = char_files
+    names = [own.predict([handle_file(str(ckpt)), handle_file(str(meta))], None, api_name="/open_model")[1]["value"]
+             for _ in range(3)]
+    assert names == [f"ckpt.pt{own_model.SUFFIX}", f"ckpt.pt{own_model.SUFFIX} #2", f"ckpt.pt{own_model.SUFFIX} #3"]
+    with pytest.raises(Exception, match="Unknown model"):
+        own.predict(names[0], api_name="/model_info")
+    assert "your upload" in own.predict(names[2], api_name="/model_info")[0]
