@@ -31,7 +31,8 @@ def test_upload_a_char_model_and_see_it_in_two_tabs(page, tmp_path):
     shown = page.locator(chips).all_inner_texts()
     assert "".join(shown) == prompt.replace(" ", "␣").replace("\n", "↵")
     page.locator("#tokenizer-merges-info").scroll_into_view_if_needed()
-    assert "has no merges to show" in page.locator("#tokenizer-merges-info").inner_text()
+    page.wait_for_function("() => (document.querySelector('#tokenizer-merges-info') || {innerText: ''})"
+                           ".innerText.includes('has no merges to show')", timeout=30_000)   # the button's last step
     no_error_toast(page)
     page.locator("#tab-tokenizer").screenshot(path=str(ARTIFACTS / "own-model-tokenizer.png"))
 

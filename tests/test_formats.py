@@ -15,6 +15,7 @@ from gpt2core.reference import formats
 from gpt2core.reference.weights import WeightsError
 from gpt2core.text import tokenizer
 from tests import upstream_gpt as up
+from tests.test_core_weights import Payload   # unpickling it creates a marker file
 
 GPT2_VOCAB = 50257
 
@@ -153,21 +154,6 @@ def test_command_line_weights_take_a_course_checkpoint(tmp_path):
 
 
 # ---- hostile files ------------------------------------------------------------------------------
-
-class Payload:
-    """Unpickling this creates the marker file (any code could run instead)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def test_the_payload_is_live(tmp_path):
-    pickle.loads(pickle.dumps(Payload(tmp_path / "proof")))
-    assert (tmp_path / "proof").exists()
-
 
 def hostile(tmp, marker):
     """name -> (path, load kwargs, message regex)"""

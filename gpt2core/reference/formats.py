@@ -34,7 +34,7 @@ import torch
 from ..text.tokenizer import CharTokenizer
 from .config import GPT2Config
 from .model import GPT2
-from .weights import WeightsError, build_checked, hf_state_dict_to_ours
+from .weights import WeightsError, build_checked, hf_state_dict_to_ours, read_json
 
 GPT2_VOCAB = 50257
 # Beyond these a config is not a GPT-2 anyone trained on a laptop or a GPU box: refuse before allocating.
@@ -164,12 +164,7 @@ def read_config_file(path) -> dict:
     """A config JSON: the notebooks' GPT_CONFIG dict, nanoGPT's model_args, a Hugging Face config, or ours."""
     path = Path(path)
     _check_size(path, 1_000_000)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict):
-        raise WeightsError(f"{path}: expected a JSON object")
+    doc = read_json(path)
     return doc.get("config", doc) if doc.get("format") == "gpt2core" else doc
 
 

@@ -34,7 +34,8 @@ class WeightsError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and what is wrong."""
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object from a file, or a WeightsError naming the file."""
     if not path.is_file():
         raise WeightsError(f"{path}: file not found")
     try:
@@ -150,7 +151,7 @@ def load_hf(folder) -> GPT2:
     """Load a Hugging Face GPT-2 folder (config.json + model.safetensors)."""
     folder = Path(folder)
     _refuse_pickle(folder)
-    doc = _read_json(folder / CONFIG_FILE)
+    doc = read_json(folder / CONFIG_FILE)
     cfg = hf_config_to_ours(doc, str(folder / CONFIG_FILE))
     state = hf_state_dict_to_ours(_read_tensors(folder / WEIGHTS_FILE))
     return _with_tokenizer(build_checked(cfg, state, str(folder / WEIGHTS_FILE)).eval(), doc, folder)
@@ -193,7 +194,7 @@ def load(path, config=None, n_head: int | None = None, vocab=None, max_bytes: in
     folder = path.parent if path.is_file() else path
     if not folder.is_dir():
         raise WeightsError(f"{path}: no such checkpoint folder")
-    doc = _read_json(folder / CONFIG_FILE)
+    doc = read_json(folder / CONFIG_FILE)
     if doc.get("format") != OWN_FORMAT:
         return load_hf(folder)
     try:
@@ -218,7 +219,7 @@ def _with_tokenizer(model: GPT2, doc: dict, folder: Path) -> GPT2:
 
 def read_metadata(folder) -> dict:
     """config.json of our format, without loading tensors (for the model card and the UI)."""
-    return _read_json(Path(folder) / CONFIG_FILE)
+    return read_json(Path(folder) / CONFIG_FILE)
 
 
 HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE)
