@@ -179,3 +179,9 @@ def test_a_session_keeps_two_uploads_the_oldest_closes(app_url, char_files, clie
     with pytest.raises(Exception, match="Unknown model"):
         own.predict(names[0], api_name="/model_info")
     assert "your upload" in own.predict(names[2], api_name="/model_info")[0]
+
+
+def test_the_gelu_tab_says_a_nanogpt_model_uses_the_exact_gelu(char_client):
+    own, *_ = char_client
+    summary = own.predict(PROMPT, 0, False, f"ckpt.pt{own_model.SUFFIX}", api_name="/gelu_view")[2]
+    assert "exact GELU" in summary

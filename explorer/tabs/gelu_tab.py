@@ -85,7 +85,9 @@ def build(ctx: AppContext) -> None:
         return (
             prompt.notice_markdown(),
             layer_idx,
-            f"*{entry.name}* has {n_layer} layers (0 to {n_layer - 1}). " + layer_summary(stats, layer_idx),
+            f"*{entry.name}* has {n_layer} layers (0 to {n_layer - 1})"
+            + (", and its MLPs use the exact GELU, x·Φ(x), as nanoGPT's nn.GELU does (the curves above show both). "
+               if model.config.activation == "gelu" else ". ") + layer_summary(stats, layer_idx),
             layer_histogram(stats.edges, stats.pre_counts[layer_idx], stats.post_counts[layer_idx],
                             layer_idx, log_y=log_scale),
             shares_bars(stats.neg_share, stats.zero_share, stats.threshold, selected=layer_idx),
