@@ -237,3 +237,21 @@ def test_the_active_tokenizer_is_the_contexts(tmp_path):
 
     assert in_own_context(request)() == [1, 0] and tokenizer.active() is None
     assert list(in_own_context(streamed)()) == [[1]] * 3 and tokenizer.active() is None
+
+
+def test_kv_cache_generation_of_an_exact_gelu_model_skips_the_tanh_c_step(saved):
+    """The C decode step computes GPT-2's tanh GELU: a nanoGPT model (exact GELU) decodes through the PyTorch
+    forward, and the same weights with the tanh GELU still get the C step (conftest sets GPT2_KERNELS=native)."""
+    from gpt2core.kernels import backend
+
+    name, _, _, path, kwargs = saved
+    if name not in ("nanogpt-char", "nanogpt-padded-bpe"):
+        pytest.skip("the nanoGPT checkpoints carry the exact GELU")
+    model = formats.load_checkpoint(path, **kwargs).model
+    tanh_twin = g.GPT2(model.config.replace(activation="gelu_tanh")).eval()
+    tanh_twin.load_state_dict(model.state_dict())
+    for m, expected in ((model, None), (tanh_twin, "the C step")):
+        cache = g.KVCache(m.config, 1)
+        with torch.no_grad():
+            m(torch.tensor([[1, 2, 3]]), kv_cache=cache)
+        assert (backend.decoder(m, cache, 4) is None) == (expected is None)

@@ -366,6 +366,8 @@ class Decoder:
         generation; ``active()`` is checked every step)."""
         if cache is None or cache.k.shape[1] != 1 or not enabled():
             return False
+        if model.config.activation != "gelu_tanh":   # the step computes GPT-2's tanh GELU, not the exact one
+            return False
         if model.training and model.config.dropout > 0:
             return False
         if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
