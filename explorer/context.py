@@ -7,6 +7,7 @@ import gradio as gr
 
 from gpt2core.text import tokenizer
 
+from . import scheduling
 from .inputs import InputError, prepare_prompt
 from .lecture import UrlState
 from .session import ModelEntry, ModelRegistry
@@ -57,5 +58,6 @@ class AppContext:
         characters in every tab). Each request runs in a context of its own (explorer.scheduling), so this
         never reaches another user's request."""
         entry = self.registry.get(name, user_models, progress)
-        tokenizer.activate(entry.model.tokenizer)
+        if scheduling.in_request():     # at build time (the slider ranges) the process keeps GPT-2's BPE
+            tokenizer.activate(entry.model.tokenizer)
         return entry

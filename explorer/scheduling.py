@@ -76,6 +76,20 @@ GATE = ViewGate()     # one per process: it schedules the process's requests, it
 step_aside = GATE.step_aside
 
 
+_IN_REQUEST: contextvars.ContextVar[bool] = contextvars.ContextVar("explorer_in_request", default=False)
+
+
+def in_request() -> bool:
+    """True inside an event's handler (set by in_own_context): the app's build and the tests' direct calls
+    are not requests, and leave the process's tokenizer alone."""
+    return _IN_REQUEST.get()
+
+
+def _begin_request() -> None:
+    tokenizer.activate(None)
+    _IN_REQUEST.set(True)
+
+
 def in_own_context(fn):
     """``fn`` run in a context of its own, starting from GPT-2's tokenizer: a request's model sets the
     active tokenizer (gpt2core.text.tokenizer, a context variable) for that request alone. A generator keeps
@@ -84,7 +98,7 @@ def in_own_context(fn):
         @functools.wraps(fn)
         def steps(*args, **kwargs):
             context = contextvars.copy_context()
-            context.run(tokenizer.activate, None)
+            context.run(_begin_request)
             gen = context.run(fn, *args, **kwargs)
             try:
                 while True:
@@ -100,7 +114,7 @@ def in_own_context(fn):
     @functools.wraps(fn)
     def call(*args, **kwargs):
         context = contextvars.copy_context()
-        context.run(tokenizer.activate, None)
+        context.run(_begin_request)
         return context.run(fn, *args, **kwargs)
     return call
 

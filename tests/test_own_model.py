@@ -185,3 +185,15 @@ def test_the_gelu_tab_says_a_nanogpt_model_uses_the_exact_gelu(char_client):
     own, *_ = char_client
     summary = own.predict(PROMPT, 0, False, f"ckpt.pt{own_model.SUFFIX}", api_name="/gelu_view")[2]
     assert "exact GELU" in summary
+
+
+def test_an_app_serving_a_char_model_by_default_builds(char_files):
+    """python app.py --weights ckpt.pt (meta.pkl beside it): the tabs' build reads the default model (slider
+    ranges) and must not make its characters the build's tokenizer (the Train tab's data is GPT-2's BPE)."""
+    from explorer.app import build_app
+    from explorer.session import build_registry
+    _, ckpt, _ = char_files
+    registry = build_registry(weights_arg=str(ckpt))
+    assert registry.default == "ckpt.pt" and registry.get("ckpt.pt").model.tokenizer.n_vocab == len(CHARS)
+    build_app(registry)
+    assert tokenizer.active() is None
