@@ -6,6 +6,7 @@ The folders follow the architecture (README, "Architecture"):
   text/       GPT-2's byte-level BPE: the tokenizer and its merges taken apart
   decoding/   from logits to text: sampling, KV-cache generation, beam search
   analysis/   reading the model: lens, circuits, scores, the one-token trace, precisions
+  features/   reading it by features: neurons, sparse autoencoders, steering
   training/   data, pre-training, instruction and classification fine-tuning, model cards
 """
 import importlib
