@@ -8,7 +8,7 @@ import torch
 
 from gpt2core import GPT2, decode, generate
 from gpt2core.decoding.beam import BeamSearch, Hypothesis, beam_search
-from gpt2core.text.tokenizer import eot_id, printable, token_bytes
+from gpt2core.text.tokenizer import printable, token_bytes
 
 # What a node of the tree is, for its colour and its hover text.
 WINNER, KEPT, FINISHED, RANKED, UNRANKED = "best path", "kept", "finished", "ranked, not kept", "not ranked"
@@ -118,7 +118,7 @@ def beam_tree(model: GPT2, ids: list[int], prompt_text: str, width: int, max_new
               length_penalty: float, early_stopping: bool, shown_per_beam: int = 2,
               between_steps=None) -> BeamTree:
     search = beam_search(model, ids, width, max_new_tokens, length_penalty, early_stopping,
-                         eos_token_id=eot_id(), per_beam=shown_per_beam, between_steps=between_steps)
+                         per_beam=shown_per_beam, between_steps=between_steps)
     shown, index, rows = _laid_out(search, shown_per_beam)
     if shown_per_beam and max(rows.values()) + 1 > MAX_ROWS:
         shown_per_beam = 0
@@ -132,7 +132,7 @@ def beam_tree(model: GPT2, ids: list[int], prompt_text: str, width: int, max_new
                               decode([p.token_id for p in path]), h.token_logprob, h.cum_logprob, h.score,
                               status_of(h), h.rank))
     finished = [FinishedText(decode(f.token_ids), len(f.token_ids), f.cum_logprob, f.score,
-                             f.token_ids[-1] == eot_id()) for f in search.finished]
+                             f.token_ids[-1] == search.eos_token_id) for f in search.finished]
     return BeamTree(prompt_text, width, search.length_penalty, search.steps, shown_per_beam, nodes, finished,
                     search.stop_reason, len(search.hypotheses), model.config.vocab_size)
 
@@ -175,7 +175,7 @@ def compare_continuations(model: GPT2, ids: list[int], max_new_tokens: int, temp
     greedy = generate(model, ids, max_new_tokens, temperature=0.0)
     sampled = generate(model, ids, max_new_tokens, temperature=float(temperature), top_k=int(top_k) or None,
                        top_p=None if top_p >= 1 else float(top_p), seed=int(seed))
-    beam = beam_search(model, ids, width, max_new_tokens, length_penalty, early_stopping, eos_token_id=eot_id(),
+    beam = beam_search(model, ids, width, max_new_tokens, length_penalty, early_stopping,
                        between_steps=between_steps).best.token_ids
     filters = [f"temperature {temperature:g}"] + ([f"top-k {int(top_k)}"] if top_k else []) \
         + ([f"top-p {top_p:g}"] if top_p < 1 else []) + [f"seed {int(seed)}"]

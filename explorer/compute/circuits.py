@@ -40,7 +40,7 @@ def random_sequence(n_tokens, model: GPT2, seed=0) -> list[int]:
     top = min(MAX_RANDOM_TOKENS, (model.config.n_ctx - 1) // 2)
     n = int(check_number(n_tokens, "Random tokens", 2, top, integer=True))
     seed = int(check_number(seed, "Seed", 0, 2**31 - 1, integer=True))
-    return circuits.repeated_random_tokens(n, 1, seed, model.config.vocab_size, tokenizer.eot_id())[0].tolist()
+    return circuits.repeated_random_tokens(n, 1, seed, model.config.vocab_size)[0].tolist()
 
 
 def best_heads(scores: np.ndarray, k: int = TOP_HEADS) -> list[tuple[int, int, float]]:

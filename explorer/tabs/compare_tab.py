@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from gpt2core.text import tokenizer
-
 from ..components import Slider
 from ..compute.compare import (UntrainedTwin, check_layer_head, compare_distributions, pattern_difference,
                                run_pair, summary_markdown)
-from .. import scheduling
 from ..context import AppContext
 from ..errors import handle
 from ..figures.compare import attention_difference, attention_pair, distribution_pair_bars
@@ -92,8 +89,7 @@ def build(ctx: AppContext) -> None:
         if ma.tokenizer != mb.tokenizer:
             raise InputError("A and B must share a vocabulary to compare their next-token distributions: "
                              f"{model_a} and {model_b} tokenize text differently. Choose two models of one vocabulary.")
-        if scheduling.in_request():
-            tokenizer.activate(ma.tokenizer)
+        # The vocabulary is one: resolving B (ctx.model) made it the request's tokenizer.
         layer_i, head_i = check_layer_head(layer, head, [ma, mb])
         prompts = []
         for side, text, m in (("A", text_a, ma), ("B", text_b, mb)):

@@ -19,8 +19,10 @@ from ..reference.hooks import capture
 
 
 def repeated_random_tokens(n_tokens: int = 50, batch: int = 16, seed: int = 0, vocab_size: int = 50257,
-                           bos: int | None = tokenizer.EOT_ID) -> torch.Tensor:
-    """``batch`` sequences of [bos] + R + R, R being ``n_tokens`` uniform-random ids. (batch, 1 + 2n)"""
+                           bos: int | None | str = tokenizer.ACTIVE_EOT) -> torch.Tensor:
+    """``batch`` sequences of [bos] + R + R, R being ``n_tokens`` uniform-random ids. (batch, [1 +] 2n)
+    ``bos`` by default: the active tokenizer's end-of-text (none for a character vocabulary)."""
+    bos = tokenizer.resolve_eot(bos)
     g = torch.Generator().manual_seed(seed)
     r = torch.randint(0, vocab_size, (batch, n_tokens), generator=g)                    # (B, n)
     parts = ([torch.full((batch, 1), bos, dtype=torch.long)] if bos is not None else []) + [r, r]
@@ -36,7 +38,7 @@ def induction_loss(model, n_tokens: int = 50, batch: int = 16, seed: int = 0) ->
     copy's first token, which nothing before it predicts; ``second_with_first`` keeps it.
     """
     bos = tokenizer.eot_id()           # a character vocabulary has no end-of-text: the copies start at once
-    ids = repeated_random_tokens(n_tokens, batch, seed, model.config.vocab_size, bos)  # (B, [1 +] 2n)
+    ids = repeated_random_tokens(n_tokens, batch, seed, model.config.vocab_size)       # (B, [1 +] 2n)
     if ids.shape[1] > model.config.n_ctx:
         raise ValueError(f"{n_tokens} tokens repeated twice (+1) do not fit a context of {model.config.n_ctx}")
     device = next(model.parameters()).device

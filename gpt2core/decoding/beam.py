@@ -32,7 +32,7 @@ import torch
 
 from .generate import _as_ids
 from ..reference.model import GPT2, KVCache
-from ..text.tokenizer import EOT_ID
+from ..text.tokenizer import ACTIVE_EOT, resolve_eot
 
 # transformers marks a finished candidate's running score with this, so that it is never picked as a beam.
 FINISHED_OFFSET = -1.0e9
@@ -118,7 +118,7 @@ def _gather_rows(cache: KVCache, rows: torch.Tensor) -> None:
 
 
 def beam_search(model: GPT2, prompt_ids, beam_width: int = 3, max_new_tokens: int = 8,
-                length_penalty: float = 1.0, early_stopping: bool = False, eos_token_id: int | None = EOT_ID,
+                length_penalty: float = 1.0, early_stopping: bool = False, eos_token_id: int | None | str = ACTIVE_EOT,
                 per_beam: int = 0, between_steps: Callable[[], object] | None = None) -> BeamSearch:
     """Beam search after a prompt (the rules are in the module's docstring). Records, for every step and
     every running beam, its ``max(2 * beam_width, per_beam)`` most likely next tokens as hypotheses: that
@@ -126,7 +126,9 @@ def beam_search(model: GPT2, prompt_ids, beam_width: int = 3, max_new_tokens: in
 
     The prompt and the new tokens must fit the model's context (no sliding window: a beam's cache can't shift).
     ``between_steps`` is called before each step's forward pass (a server lets other requests go first there).
+    ``eos_token_id``: by default the active tokenizer's end-of-text (GPT-2's 50256; none for a character model).
     """
+    eos_token_id = resolve_eot(eos_token_id)
     cfg = model.config
     V = cfg.vocab_size
     _check(beam_width, max_new_tokens, length_penalty, early_stopping, eos_token_id, V)

@@ -183,6 +183,14 @@ def eot_id() -> int | None:
     return EOT_ID if tok is None else tok.eot_id
 
 
+ACTIVE_EOT = "active"   # a default meaning "the active tokenizer's end-of-text, if it has one"
+
+
+def resolve_eot(value):
+    """``ACTIVE_EOT`` -> eot_id() (None for a character vocabulary); anything else as given."""
+    return eot_id() if isinstance(value, str) and value == ACTIVE_EOT else value
+
+
 def is_bpe() -> bool:
     return _active.get() is None
 
