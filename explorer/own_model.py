@@ -23,7 +23,7 @@ from gpt2core.reference import formats, weights
 from .components import File, OptionalNumber
 from .errors import handle
 from .inputs import InputError, check_number
-from .session import ModelEntry, Ticket
+from .session import ModelEntry, Ticket, unique_name
 
 MAX_UPLOAD_MB = float(os.environ.get("GPT2_EXPLORER_MAX_UPLOAD_MB", "1600"))   # nanoGPT's 124M ckpt.pt is ~1.5 GB
 MAX_PARAMS = 400_000_000       # a model held in memory per session: GPT-2 medium (355M) fits, large does not
@@ -39,7 +39,7 @@ training text). Files are read safely (no code in them runs), held for this brow
 never stored."""
 
 
-def _sorted_files(paths: list[Path], n_head) -> tuple[Path, Path | None, Path | None]:
+def _sorted_files(paths: list[Path]) -> tuple[Path, Path | None, Path | None]:
     """(checkpoint, config JSON, vocabulary) among the uploaded files, by their names."""
     checkpoints = [p for p in paths if p.suffix.lower() in CHECKPOINTS]
     if len(checkpoints) != 1:
@@ -65,10 +65,9 @@ def load_upload(paths: list[Path], n_head=None, max_bytes: int | None = None) ->
             raise InputError(f"{p.name}: {p.stat().st_size / 1e6:,.0f} MB is over this server's upload limit of "
                              f"{max_bytes / 1e6:,.0f} MB.")
     # An empty box arrives as 0 from the page, as None from the API: both mean "read it from the file".
-    n_head = int(check_number(n_head, "Number of heads", 0, formats.LIMITS["n_head"], integer=True)) \
-        if n_head not in (None, "") else 0
-    n_head = n_head or None
-    checkpoint, config, vocab = _sorted_files(paths, n_head)
+    if n_head is not None:
+        n_head = check_number(n_head, "Number of heads", 0, formats.LIMITS["n_head"], integer=True) or None
+    checkpoint, config, vocab = _sorted_files(paths)
     if checkpoint.suffix.lower() == ".safetensors":        # a HF or gpt2core folder: both files, side by side
         if config is None:
             raise InputError("A .safetensors checkpoint needs its config.json: upload both.")
@@ -87,11 +86,7 @@ def load_upload(paths: list[Path], n_head=None, max_bytes: int | None = None) ->
 
 
 def _paths(files) -> list[Path]:
-    out = []
-    for f in files or []:
-        path = getattr(f, "path", None) or getattr(f, "name", None) or f
-        out.append(Path(str(path)))
-    return out
+    return [Path(f) for f in files or []]          # the File component gives file paths (type="filepath")
 
 
 def _shown(message: str, paths: list[Path]) -> str:
@@ -108,7 +103,7 @@ def build(ctx) -> None:
     with gr.Accordion("Open your own model", open=False, elem_id="own-model"):
         gr.Markdown(EXPLANATION)
         with gr.Row():
-            files = File(label="Checkpoint, and its config / meta.pkl where needed", file_count="multiple",
+            files = File(label="Checkpoint, and its config / meta.pkl where needed", file_count="multiple", type="filepath",
                             file_types=[*CHECKPOINTS, ".json", ".pkl", ".txt"], elem_id="own-files", scale=3)
             with gr.Column(scale=1):
                 n_head = OptionalNumber(None, label="Number of heads (leave empty or 0 when the file or config says)",
@@ -128,15 +123,8 @@ def build(ctx) -> None:
                 p.unlink(missing_ok=True)
         session = getattr(request, "session_hash", None) or "api"
         models = dict(user_models or {})
-        base = f"{paths[0].name if len(paths) == 1 else _checkpoint_name(paths)}{SUFFIX}"
-        name, k = base, 2
-        while name in models or name in ctx.registry.names():
-            name, k = f"{base} #{k}", k + 1
-        model = loaded.model
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.precision = ctx.registry.precision
-        entry = ModelEntry(name, model.to(ctx.registry.device), f"your upload ({loaded.summary()})", card={})
+        name = unique_name(f"{_checkpoint_name(paths)}{SUFFIX}", {*models, *ctx.registry.names()})
+        entry = ModelEntry(name, ctx.registry.prepare(loaded.model), f"your upload ({loaded.summary()})")
         ticket = Ticket(session, name)
         store.put(ticket, entry)
         models[name] = ticket
@@ -147,9 +135,10 @@ def build(ctx) -> None:
         note = f" To open it, {', '.join(closed)} was closed (at most {PER_SESSION} at once)." if closed else ""
         text = (f"✅ **{name}** is open in every tab (only in this browser session). Recognised: "
                 f"{loaded.summary()}.{f' ({notes}.)' if notes else ''}{note}")
-        return models, text, gr.update(choices=ctx.registry.names() + list(models), value=name)
+        # The files are gone from the server: the box is emptied, so it offers no dead download links.
+        return models, text, gr.update(choices=ctx.registry.names() + list(models), value=name), None
 
-    open_btn.click(open_model, [files, n_head, ctx.user_models], [ctx.user_models, status, ctx.model_choice],
+    open_btn.click(open_model, [files, n_head, ctx.user_models], [ctx.user_models, status, ctx.model_choice, files],
                    api_name="open_model")
 
     def close_session(request: gr.Request):

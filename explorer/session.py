@@ -124,11 +124,16 @@ class ModelRegistry:
         self.hub_thread: threading.Thread | None = None
         self.own_models = OwnModels()   # the models users uploaded, by browser session (explorer.own_model)
 
-    def add(self, entry: ModelEntry, default: bool = False) -> ModelEntry:
-        entry.model.to(self.device).eval()
-        entry.model.precision = self.precision
-        for p in entry.model.parameters():
+    def prepare(self, model: GPT2) -> GPT2:
+        """A model as this server serves it: on its device, in eval mode, at its precision, read-only."""
+        model.to(self.device).eval()
+        model.precision = self.precision
+        for p in model.parameters():
             p.requires_grad_(False)
+        return model
+
+    def add(self, entry: ModelEntry, default: bool = False) -> ModelEntry:
+        self.prepare(entry.model)
         with self._lock:
             self._entries[entry.name] = entry
             if default or self.default is None:
@@ -242,6 +247,14 @@ def device_label(device: torch.device) -> str:
 def random_model(seed: int = 0) -> GPT2:
     torch.manual_seed(seed)
     return GPT2(get_config("tiny", n_layer=4, n_embd=128, n_ctx=256))
+
+
+def unique_name(base: str, taken) -> str:
+    """``base``, or ``base #2``, ``base #3``... : the first not in ``taken``."""
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base} #{k}", k + 1
+    return name
 
 
 def describe_source(path: Path, shown: str | None = None) -> str:

@@ -16,7 +16,7 @@ from ..scheduling import step_aside
 from ..figures.classify import class_probabilities, last_token_attention, training_curve
 from ..figures.training import answers_html, loss_curve, masked_tokens_html
 from ..inputs import InputError, check_number
-from ..session import BUNDLED_DIR, ROOT, USER_PREFIX, ModelEntry
+from ..session import BUNDLED_DIR, ROOT, USER_PREFIX, ModelEntry, unique_name
 
 TITLE = "Train"
 DEMO_TEXT = (ROOT / "assets" / "train_demo.txt").read_text(encoding="utf-8")
@@ -190,9 +190,7 @@ def build(ctx: AppContext) -> None:
             p.requires_grad_(False)
         base = f"{USER_PREFIX} ({trained['preset']}, {trained['steps']} steps)"
         models = dict(user_models or {})
-        name, k = base, 2
-        while name in models:
-            name, k = f"{base} #{k}", k + 1
+        name = unique_name(base, models)
         models[name] = ModelEntry(name=name, model=model, trained=True,
                                   source=f"trained in this browser session on {trained['tokens']:,} tokens")
         dropped = [n for n, held in models.items() if isinstance(held, ModelEntry)][:-MAX_USER_MODELS]
