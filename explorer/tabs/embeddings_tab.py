@@ -29,8 +29,19 @@ EXAMPLE_TOKENS = ["␣king", "␣love", "␣thee", "␣France", "␣Romeo", "␣
 DEFAULT_WORDS = ["king", "queen", "prince", "knight", "lord", "lady", "love", "hate", "fear", "joy", "one", "two",
                  "three", "four", "France", "England", "Rome", "sword", "thee", "thou", "me", "him", "day", "night"]
 SOURCES = ["the word list", "the prompt's tokens"]
+CHAR_PROJECTION_NOTE = "This model's tokens are single characters: each entry is one of them."
 PROJECTION_NOTE = ("Each word is taken with a leading space, as it would appear inside a sentence. "
                    "Type a word and press Enter to add it.")
+
+
+def _are_tokens(token_v, words_v) -> bool:
+    """Whether the token and the word list are tokens of the request's vocabulary."""
+    try:
+        resolve_token(token_v)
+        parse_words(words_v)
+    except (InputError, UnknownCharacters):
+        return False
+    return True
 
 
 def build(ctx: AppContext) -> None:
@@ -134,20 +145,16 @@ def build(ctx: AppContext) -> None:
         """A model with its own vocabulary (characters) can't look up ␣king: give it tokens it has, keeping
         the user's own where they still are tokens."""
         own = ctx.model(model_name, user_models).model.tokenizer
-        try:
-            resolve_token(token_v)
-            parse_words(words_v)
+        if _are_tokens(token_v, words_v):
             return gr.update(), gr.update()
-        except (InputError, UnknownCharacters):
-            pass
         if own is None:
-            return gr.update(choices=EXAMPLE_TOKENS, value=EXAMPLE_TOKENS[0]), gr.update(choices=DEFAULT_WORDS,
-                                                                                         value=DEFAULT_WORDS)
+            return gr.update(choices=EXAMPLE_TOKENS, value=EXAMPLE_TOKENS[0]), \
+                gr.update(choices=DEFAULT_WORDS, value=DEFAULT_WORDS, info=PROJECTION_NOTE)
         letters = [c for c in own.itos if c.isalpha()] or [c for c in own.itos if c.isprintable()]
         chars = letters[:MAX_WORDS] if len(letters) >= 3 else own.itos[:MAX_WORDS]
         first = "e" if "e" in own.stoi else chars[0]
         return gr.update(choices=[c.replace(" ", SPACE_MARK) for c in own.itos], value=first), \
-            gr.update(choices=chars, value=chars)
+            gr.update(choices=chars, value=chars, info=CHAR_PROJECTION_NOTE)
 
     # The model switch fits the inputs to its vocabulary, then redraws all three.
     fitted = ctx.model_choice.change(fit_inputs, [token, words, *model_inputs], [token, words],

@@ -33,6 +33,7 @@ which is ours minus its mean over d_model: see ``SAE.centred`` and ``load_gpt2_s
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Callable, Iterable
@@ -318,11 +319,9 @@ def hook_activations(model, ids, hook_name: str) -> torch.Tensor:
         got["x"] = x
         raise _Stop
 
-    try:
-        with capture(names=[], hooks={hook_name: grab}):
-            model(ids)
-    except _Stop:
-        pass
+    # The hook raises _Stop once it has the activation: the layers after it never run.
+    with contextlib.suppress(_Stop), capture(names=[], hooks={hook_name: grab}):
+        model(ids)
     if "x" not in got:
         raise ValueError(f"the forward pass never reached {hook_name!r}")
     return got["x"]                                                                     # (B, T, width)
