@@ -1,6 +1,7 @@
 """A real browser opens a character-level nanoGPT model with the header's **Open your own model** and looks at it
-in two tabs: the Tokenizer shows one chip per character, the Attention tab draws the model's 3 heads over
-characters. Screenshots tests/artifacts/own-model-tokenizer.png and own-model-attention.png to look at."""
+in three tabs: the Tokenizer shows one chip per character, the Attention tab draws the model's 3 heads over
+characters, the Embeddings tab projects its letters. Screenshots tests/artifacts/own-model-header.png,
+own-model-tokenizer.png, own-model-attention.png and own-model-embeddings.png to look at."""
 import pytest
 
 from tests.conftest import ARTIFACTS, no_error_toast
@@ -21,6 +22,8 @@ def test_upload_a_char_model_and_see_it_in_two_tabs(page, tmp_path):
     assert "ckpt.pt · yours" in page.locator("#model-choice input").input_value()
     page.wait_for_function("() => (document.querySelector('#model-status') || {innerText: ''})"
                            ".innerText.includes('ckpt.pt · yours')", timeout=30_000)   # the menu's change event
+    assert "ckpt.pt" not in page.locator("#own-files").inner_text()    # emptied: the files left the server
+    page.locator("#own-model").screenshot(path=str(ARTIFACTS / "own-model-header.png"))
 
     page.get_by_role("tab", name="Tokenizer").click()
     page.locator("#tokenizer-run").click()
@@ -45,4 +48,13 @@ def test_upload_a_char_model_and_see_it_in_two_tabs(page, tmp_path):
     assert ticks[:4] == ["0:T", "1:o", "2:␣", "3:b"], ticks[:8]
     no_error_toast(page)
     page.locator("#tab-attention").screenshot(path=str(ARTIFACTS / "own-model-attention.png"))
+
+    # The model switch fitted the Embeddings tab's token and word list to the 63 characters, and redrew it.
+    page.get_by_role("tab", name="Embeddings").click()
+    page.locator("#embeddings-run").click()
+    page.wait_for_function("() => [...document.querySelectorAll('#embeddings-projection .textpoint text, "
+                           "#embeddings-projection text')].some(t => t.textContent.trim() === 'e')", timeout=30_000)
+    page.wait_for_timeout(800)
+    no_error_toast(page)
+    page.locator("#tab-embeddings").screenshot(path=str(ARTIFACTS / "own-model-embeddings.png"))
     assert not page.errors, page.errors

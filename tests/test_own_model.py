@@ -1,6 +1,5 @@
 """Open your own model in the app: the upload endpoint, per-session models, the limits, and a character-level
 nanoGPT model through every endpoint that takes a model (gradio_client)."""
-import pickle
 import time
 
 import pytest
@@ -12,6 +11,7 @@ from explorer.inputs import InputError
 from explorer.session import OwnModels, Ticket, ModelEntry
 from gpt2core import WeightsError
 from gpt2core.text import tokenizer
+from tests import upstream_gpt as up
 
 CHARS = sorted(set("First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n"
                    "You are all resolved rather to die than to famish?\nWHAT'S;-!&$3?bgjkqvxzBCDGHJKLMNOPQRSUVXYZ"))
@@ -19,24 +19,14 @@ PROMPT = "First Citizen:\nBefore we proceed"
 
 
 def nanogpt_char_checkpoint(folder, n_embd=48, n_head=3, n_layer=2, block_size=64, seed=0):
-    """A character-level model saved as nanoGPT saves one: ckpt.pt (torch.compile's prefix included) and
-    meta.pkl, the files of its shakespeare_char run. The weights are ours renamed (test_formats.py checks the
-    names against nanoGPT's own class)."""
-    torch.manual_seed(seed)
-    model = g.GPT2(g.get_config("tiny", vocab_size=len(CHARS), n_ctx=block_size, n_embd=n_embd, n_head=n_head,
-                                n_layer=n_layer, activation="gelu"))
-    state = {}
-    for name, t in model.state_dict().items():
-        upstream = name if name == "lm_head.weight" else \
-            "transformer." + ("h." + name[len("blocks."):] if name.startswith("blocks.") else name)
-        state["_orig_mod." + upstream] = t.clone()
+    """A character-level nanoGPT model saved as its shakespeare_char run saves one: ckpt.pt (torch.compile's
+    prefix included) and meta.pkl, written by the upstream class and savers of tests/upstream_gpt.py."""
     args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=True,
                 vocab_size=len(CHARS), dropout=0.0)
-    torch.save({"model": state, "model_args": args, "iter_num": 0, "best_val_loss": 9.9,
-                "config": {"dataset": "shakespeare_char"}}, folder / "ckpt.pt")
-    with open(folder / "meta.pkl", "wb") as f:
-        pickle.dump({"vocab_size": len(CHARS), "itos": dict(enumerate(CHARS)),
-                     "stoi": {c: i for i, c in enumerate(CHARS)}}, f)
+    torch.manual_seed(seed)
+    model = up.NanoGPT(up.NanoGPTConfig(**args)).eval()
+    up.save_nanogpt_ckpt(model, torch.optim.AdamW(model.parameters()), args, folder / "ckpt.pt", compiled_prefix=True)
+    up.save_nanogpt_meta(folder / "meta.pkl", CHARS)
     return model, folder / "ckpt.pt", folder / "meta.pkl"
 
 
@@ -51,7 +41,8 @@ def char_client(app_url, char_files):
     from gradio_client import Client, handle_file
     client = Client(app_url, verbose=False)
     _, ckpt, meta = char_files
-    status, menu = client.predict([handle_file(str(ckpt)), handle_file(str(meta))], None, api_name="/open_model")
+    status, menu, emptied = client.predict([handle_file(str(ckpt)), handle_file(str(meta))], None, api_name="/open_model")
+    assert emptied is None          # the upload box offers no link to the deleted files
     return client, status, menu
 
 
